@@ -1,0 +1,3 @@
+from bellm.cli import main
+
+raise SystemExit(main())

