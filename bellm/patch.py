@@ -1,0 +1,526 @@
+"""Per-layer bidirectional attention for Hugging Face decoder LLMs, through transformers' own registries.
+
+``patch(model, from_layer=k)`` makes attention layers ``>= k`` bidirectional, keeps layers ``< k`` causal,
+and routes every layer's attention through :func:`bellm_kernels.attention`. No model class is copied. This
+module is the only place in bellm that knows transformers' attention API (transformers >= 5.17):
+
+- an attention function ``"bellm"`` is registered with ``transformers.AttentionInterface`` and a mask
+  function ``"bellm"`` with ``transformers.masking_utils.AttentionMaskInterface`` (without the latter,
+  transformers silently drops the padding mask). The mask function returns the 2D bool padding mask
+  ``(batch, kv_len)``, True = real token, or ``None`` when nothing is padded, like transformers'
+  ``flash_attention_mask``: one mask serves causal and bidirectional layers alike;
+- ``model.set_attn_implementation("bellm")`` switches the model to it;
+- ``from_layer`` is expressed through each attention module's own ``is_causal`` flag, read per call.
+  ``config.is_causal`` and the ``is_causal`` forward kwarg are model-wide and would override the per-layer
+  flags, so a patched model refuses them (ValueError);
+- the setting is recorded in ``model.config.bellm = {"from_layer": k, "billm_compat": bool}``, so
+  ``save_pretrained`` persists it and :func:`load` re-applies it (no ``trust_remote_code``).
+
+Inputs a patched model accepts (the inputs transformers' flash-attention path accepts):
+
+- padded: ``input_ids (batch, seqlen)`` + ``attention_mask (batch, seqlen)`` (1 = real token; left, right
+  or mixed padding). Padded keys are never attended; padded query rows give zeros in the attention output;
+- packed: ``input_ids (1, total)``, ``position_ids (1, total)`` restarting at 0 for each sequence, and
+  int32 ``cu_seq_lens_q/k (num_seqs + 1,)`` with ``max_length_q/k`` (see
+  ``bellm.packing.PackedBatch.model_kwargs``); or ``position_ids`` alone at batch size 1 (a sequence starts
+  wherever the position does not follow on by one, so a plain ``arange`` is one sequence). Sequences never
+  see each other;
+- unpadded: no mask (every token real).
+
+Generation with a KV cache (query length != key length) runs a plain PyTorch path (causal layers see the
+cache and themselves; bidirectional layers see the whole cache).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import types
+from collections.abc import Callable
+
+import torch
+
+import bellm_kernels
+
+__all__ = ["patch", "unpatch", "load", "ATTN_IMPLEMENTATION"]
+
+ATTN_IMPLEMENTATION = "bellm"
+_CONFIG_KEY = "bellm"  # model.config.bellm = {"from_layer": k, "billm_compat": bool}
+_STATE_ATTR = "_bellm_original"  # on the transformers model: what unpatch restores
+_PADS_VISIBLE_ATTR = "_bellm_pads_visible"  # on bidirectional attention modules under billm_compat
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SUPPORTED_DEVICES = ("cpu", "cuda")
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The attention function and the mask function registered with transformers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _check_sliding_window(module, sliding_window: int | None, longest: int) -> None:
+    """The kernel has no sliding window: allow one only when it cuts nothing off (``longest <= window``)."""
+    if sliding_window is not None and longest > sliding_window:
+        raise NotImplementedError(
+            f"layer {getattr(module, 'layer_idx', '?')} ({type(module).__name__}) uses sliding-window "
+            f"attention (sliding_window = {sliding_window}) and this input has sequences of up to {longest} "
+            "tokens; bellm's attention kernel has no sliding window. Use sequences of at most "
+            f"{sliding_window} tokens, or bellm.unpatch(model)"
+        )
+
+
+def _packing_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``(cu_seqlens int32, max_seqlen)`` when the one row of ``position_ids (1, T)`` holds several sequences.
+
+    A sequence starts wherever the position does not follow on from the previous one by exactly 1 (the rule
+    of transformers' ``find_packed_sequence_indices``), so a plain ``arange`` at any offset is one sequence
+    and gives ``None``. The result is remembered on the tensor (keyed by its version): every layer of one
+    forward pass reuses it, so the host synchronisation happens once per forward pass.
+    """
+    cached = getattr(position_ids, "_bellm_packing", None)
+    if cached is not None and cached[0] == position_ids._version:
+        return cached[1]
+    row = position_ids[0]
+    starts = torch.nonzero(row[1:] - row[:-1] != 1).flatten() + 1
+    result = None
+    if starts.numel() > 0:
+        bounds = torch.cat([starts.new_zeros(1), starts, starts.new_full((1,), row.numel())])
+        result = (bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max()))
+    position_ids._bellm_packing = (position_ids._version, result)
+    return result
+
+
+def _cached_attention(module, q, k, v, attention_mask, causal: bool, scale: float) -> torch.Tensor:
+    """Query length != key length (a KV cache in generation): plain PyTorch attention.
+
+    ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)``; the queries are the last ``Sq`` positions. In a causal
+    layer query ``i`` sees keys ``<= Sk - Sq + i``; in a bidirectional layer every query sees every key.
+    Padded keys (``attention_mask (B, Sk)``) are hidden. Returns ``(B, Sq, H, D)``.
+    """
+    batch, sq, heads, _ = q.shape
+    sk = k.shape[1]
+    group = heads // k.shape[2]
+    allowed = torch.ones(batch, 1, sq, sk, dtype=torch.bool, device=q.device)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != sk:
+            raise ValueError(
+                f"layer {module.layer_idx}: the padding mask covers {attention_mask.shape[-1]} keys but the "
+                f"cache holds {sk}; a bellm-patched model supports transformers' dynamic cache only"
+            )
+        allowed = allowed & attention_mask[:, None, None, :]
+    if causal:
+        allowed = allowed & torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.repeat_interleave(group, dim=2).transpose(1, 2),
+        v.repeat_interleave(group, dim=2).transpose(1, 2),
+        attn_mask=allowed,
+        scale=scale,
+    )
+    return out.transpose(1, 2).nan_to_num(0.0)
+
+
+def bellm_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function ``(module, query, key, value, attention_mask, **kw) -> (out, None)``.
+
+    ``query (batch, heads, q_len, head_dim)``, ``key``/``value (batch, kv_heads, kv_len, head_dim)`` (GQA is
+    passed to the kernel as is, no ``repeat_kv``); ``attention_mask``: the 2D bool padding mask
+    ``(batch, kv_len)`` from :func:`bellm_mask`, or ``None``. Returns ``out (batch, q_len, heads, head_dim)``
+    and no attention weights. Causal or bidirectional is ``module.is_causal``, set per layer by :func:`patch`.
+    Packed inputs come as ``cu_seq_lens_q/k`` + ``max_length_q/k`` kwargs, or are inferred from
+    ``position_ids`` at batch size 1.
+
+    Raises ValueError for an ``is_causal`` kwarg (model-wide: it would override the per-layer flags), packed
+    kwargs with batch > 1, a padding mask or a cache, and a 4D mask; NotImplementedError for attention
+    softcapping, a sliding window shorter than a sequence, and attention dropout in training mode.
+    """
+    layer = getattr(module, "layer_idx", "?")
+    if kwargs.get("is_causal") is not None:
+        raise ValueError(
+            f"got is_causal={kwargs['is_causal']!r} (a forward kwarg or config.is_causal): it is model-wide "
+            "and would override bellm's per-layer setting; remove it and choose the bidirectional layers "
+            "with bellm.patch(model, from_layer=k)"
+        )
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError(
+            f"layer {layer} ({type(module).__name__}) uses attention logit softcapping (softcap = "
+            f"{kwargs['softcap']}); bellm's attention kernel does not support it"
+        )
+    if dropout:
+        raise NotImplementedError(
+            f"layer {layer}: attention dropout {dropout} in training mode is not supported by bellm's kernel;"
+            " set the attention modules' attention_dropout (config.attention_dropout) to 0.0 before training"
+        )
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            f"got a {attention_mask.dim()}D attention mask of shape {tuple(attention_mask.shape)}; a "
+            "bellm-patched model takes a 2D (batch, seqlen) padding mask (1 = real token) or packed inputs"
+        )
+
+    causal = bool(getattr(module, "is_causal", True))
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, S, H, D)
+    batch, q_len = q.shape[:2]
+    kv_len = k.shape[1]
+    window = kwargs.get("sliding_window")
+
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is not None or cu_k is not None:
+        if cu_q is None or cu_k is None or (cu_q is not cu_k and not torch.equal(cu_q, cu_k)):
+            raise ValueError("cu_seq_lens_q and cu_seq_lens_k must both be given and equal (self-attention)")
+        if batch != 1 or attention_mask is not None or q_len != kv_len:
+            raise ValueError(
+                "packed inputs (cu_seq_lens_q/k) need input_ids of shape (1, total_tokens), no padding and "
+                f"no cache; got batch size {batch}, {q_len} queries, {kv_len} keys, attention_mask "
+                f"{'with padding' if attention_mask is not None else 'None'}"
+            )
+        max_len = kwargs.get("max_length_k", kwargs.get("max_length_q"))
+        max_len = int(max_len) if max_len is not None else None
+        _check_sliding_window(module, window, max_len if max_len is not None else kv_len)
+        out = bellm_kernels.attention(
+            q[0], k[0], v[0], causal=causal, cu_seqlens=cu_q, max_seqlen=max_len, scale=scale
+        )
+        return out.unsqueeze(0), None
+
+    if q_len != kv_len:  # generation with a KV cache
+        _check_sliding_window(module, window, kv_len)
+        return _cached_attention(module, q, k, v, attention_mask, causal, scale), None
+
+    if attention_mask is not None:
+        _check_sliding_window(module, window, kv_len)
+        if not causal and getattr(module, _PADS_VISIBLE_ATTR, False):
+            attention_mask = None  # billm_compat: the released BeLLM condition, pads visible to this layer
+        out = bellm_kernels.attention(q, k, v, causal=causal, attention_mask=attention_mask, scale=scale)
+        return out, None
+
+    position_ids = kwargs.get("position_ids")
+    if batch == 1 and isinstance(position_ids, torch.Tensor) and tuple(position_ids.shape) == (1, q_len):
+        packing = _packing_from_position_ids(position_ids)
+        if packing is not None:
+            cu_seqlens, max_len = packing
+            _check_sliding_window(module, window, max_len)
+            out = bellm_kernels.attention(
+                q[0], k[0], v[0], causal=causal, cu_seqlens=cu_seqlens.to(q.device), max_seqlen=max_len,
+                scale=scale,
+            )
+            return out.unsqueeze(0), None
+    _check_sliding_window(module, window, kv_len)
+    return bellm_kernels.attention(q, k, v, causal=causal, scale=scale), None
+
+
+def bellm_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Callable | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor | None:
+    """transformers mask function: the 2D bool padding mask ``(batch, kv_length)``, or ``None`` if no pads.
+
+    Causality is not encoded here (each layer's attention module decides it), nor sliding windows or packing
+    (the attention function handles packing and refuses a window it cannot honour): ``mask_function`` is
+    unused, as in transformers' ``flash_attention_mask``.
+    """
+    if attention_mask is None:
+        return None
+    attention_mask = attention_mask[:, -kv_length:].bool()
+    if attention_mask.shape[1] == kv_length and bool(attention_mask.all()):
+        return None
+    return attention_mask
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, bellm_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, bellm_mask)
+
+
+_register()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding the transformers model and its attention modules
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _transformers_model(model):
+    """The ``transformers.PreTrainedModel`` inside ``model``: itself, or a peft model's base model."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return model
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        base = get_base()
+        if isinstance(base, PreTrainedModel):
+            return base
+    raise TypeError(
+        "bellm needs a transformers PreTrainedModel (e.g. LlamaModel, LlamaForCausalLM) or a peft model "
+        f"wrapping one; got {type(model).__name__}"
+    )
+
+
+def _attention_modules(hf_model) -> list[torch.nn.Module]:
+    """The self-attention module of each decoder layer, in layer order.
+
+    NotImplementedError when there is not exactly one per layer, or when the model's attention does not go
+    through transformers' ``ALL_ATTENTION_FUNCTIONS`` (e.g. custom remote code).
+    """
+    name = type(hf_model).__name__
+    if not hf_model._can_set_attn_implementation():
+        raise NotImplementedError(
+            f"{name} does not route its attention through transformers' AttentionInterface "
+            "(ALL_ATTENTION_FUNCTIONS; e.g. custom remote code), so bellm cannot patch it"
+        )
+    num_layers = getattr(hf_model.config.get_text_config(), "num_hidden_layers", None)
+    found = [
+        m
+        for m in hf_model.modules()
+        if "Attention" in type(m).__name__
+        and hasattr(m, "is_causal")
+        and isinstance(getattr(m, "layer_idx", None), int)
+    ]
+    found.sort(key=lambda m: m.layer_idx)
+    if not found or [m.layer_idx for m in found] != list(range(num_layers or 0)):
+        raise NotImplementedError(
+            f"cannot find one self-attention module (with `is_causal` and `layer_idx`) per decoder layer in "
+            f"{name} (found {len(found)}, config.num_hidden_layers = {num_layers}); bellm supports "
+            "decoder-only models built like transformers' Llama, Mistral, Qwen2/3, Gemma2/3 and Phi3"
+        )
+    for m in found:
+        try:
+            source = inspect.getsource(inspect.getmodule(type(m)))
+        except (OSError, TypeError):
+            source = ""
+        if "ALL_ATTENTION_FUNCTIONS" not in source:
+            raise NotImplementedError(
+                f"{type(m).__name__} (layer {m.layer_idx}) does not dispatch through transformers' "
+                "ALL_ATTENTION_FUNCTIONS, so bellm cannot patch it"
+            )
+    return found
+
+
+def _is_builtin(impl: str | None) -> bool:
+    if impl is None:
+        return True
+    return impl in ("eager", "sdpa", "flex_attention") or impl.startswith(("flash_attention_", "paged|"))
+
+
+def _check_dtype_device(hf_model) -> None:
+    param = next(hf_model.parameters(), None)
+    if param is None:
+        return
+    if param.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(
+            f"the model's parameters are {param.dtype}; bellm's attention kernel supports float16, bfloat16 "
+            "and float32 (convert with model.to(torch.bfloat16), for example)"
+        )
+    if param.device.type not in _SUPPORTED_DEVICES:
+        raise ValueError(
+            f"the model is on device {param.device}; bellm's attention kernel runs on cuda (Triton) or cpu "
+            "(reference); move it with model.to('cuda') or model.to('cpu')"
+        )
+
+
+def _bellm_extra_repr(module: torch.nn.Module, original: Callable[[], str]) -> Callable[[], str]:
+    def extra_repr() -> str:
+        base = original()
+        mode = "causal" if module.is_causal else "bidirectional"
+        return f"{base}, bellm={mode}" if base else f"bellm={mode}"
+
+    return extra_repr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------
+
+
+def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
+    """Make attention layers ``>= from_layer`` bidirectional and layers ``< from_layer`` causal, in place.
+
+    Every layer's attention then runs :func:`bellm_kernels.attention` (Triton on CUDA, the PyTorch reference
+    on CPU). Returns ``model``.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` (a base model such as ``LlamaModel``, or a
+            ``*ForCausalLM``), or a peft model wrapping one (patched through ``get_base_model()``). Patching a
+            patched model again updates the setting; :func:`unpatch` restores the original.
+        from_layer: ``0..num_layers``. ``num_layers`` makes nothing bidirectional (but still runs the
+            kernel), ``0`` makes every layer bidirectional. Negative values count from the end: ``-1`` (the
+            released BeLLM setting) makes only the last layer bidirectional.
+        billm_compat: reproduce the training condition of the released BeLLM weights
+            (``SeanLee97/bellm-*``): in the bidirectional layers the padded keys of a padded batch are
+            *visible* (the released code passed an all-zero additive mask there), so results depend on the
+            amount of padding. Causal layers are unchanged (pads hidden); packed inputs have no pads, so
+            there it changes nothing. Default off: pads are never seen.
+
+    Note: ``from_layer=-1`` with last-token pooling is a no-op. The last real token's final hidden state
+    equals the causal model's exactly: in a causal layer the last query already sees every key, and nothing
+    after the last layer reads the other positions (whose states do change). Bidirectionality changes a
+    last-token embedding only with a lower ``from_layer``, with mean pooling, or when padding leaks in
+    (``billm_compat=True``).
+
+    The setting is stored in ``model.config.bellm = {"from_layer": k, "billm_compat": bool}`` (``k``
+    normalised to ``0..num_layers``), persisted by ``save_pretrained`` and re-applied by :func:`load`.
+    ``print(model)`` shows ``bellm=causal`` or ``bellm=bidirectional`` on each attention module.
+
+    Raises:
+        TypeError: ``from_layer`` not an int; not a transformers model; parameters in a dtype the kernel
+            refuses (float64, ...).
+        ValueError: ``from_layer`` out of range (the message gives this model's range); the model is on a
+            custom (not built-in) attention implementation; on a device the kernel refuses;
+            ``config.is_causal`` is set.
+        NotImplementedError: the model's attention does not go through transformers'
+            ``ALL_ATTENTION_FUNCTIONS``, or it uses attention logit softcapping (Gemma2). Sliding windows
+            (Mistral, Gemma2/3, Qwen2) are checked per call: fine while no sequence is longer than the window.
+    """
+    hf_model = _transformers_model(model)
+    modules = _attention_modules(hf_model)
+    n = len(modules)
+    if not isinstance(from_layer, int) or isinstance(from_layer, bool):
+        raise TypeError(
+            f"from_layer must be an int in [{-n}, {n}] for this {n}-layer model, got {from_layer!r} "
+            f"({type(from_layer).__name__})"
+        )
+    if not -n <= from_layer <= n:
+        raise ValueError(
+            f"from_layer = {from_layer} is out of range for this {n}-layer model; valid are 0..{n} "
+            f"(0 = all layers bidirectional, {n} = none) and {-n}..-1 (counting from the end)"
+        )
+    k = from_layer + n if from_layer < 0 else from_layer
+    config = hf_model.config
+    text_config = config.get_text_config()
+    softcap = getattr(text_config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise NotImplementedError(
+            f"{type(hf_model).__name__} uses attention logit softcapping (attn_logit_softcapping = "
+            f"{softcap}); bellm's attention kernel does not support it"
+        )
+    for cfg in (config, text_config):
+        if getattr(cfg, "is_causal", None) is not None:
+            raise ValueError(
+                f"config.is_causal = {cfg.is_causal!r} is set: it is model-wide and would override bellm's "
+                "per-layer setting; delete it (del model.config.is_causal) and use from_layer"
+            )
+    _check_dtype_device(hf_model)
+
+    if getattr(hf_model, _STATE_ATTR, None) is None:
+        current = config._attn_implementation
+        if not _is_builtin(current):
+            raise ValueError(
+                f"the model uses the custom attention implementation {current!r}; bellm replaces the "
+                "attention function, so switch back first (model.set_attn_implementation('sdpa'))"
+            )
+        state = {
+            "attn_implementation": current,
+            "is_causal": [m.is_causal for m in modules],
+            "extra_repr": [m.__dict__.get("extra_repr", _MISSING) for m in modules],
+            "config": config.__dict__.get(_CONFIG_KEY, _MISSING),
+        }
+        hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        if config._attn_implementation != ATTN_IMPLEMENTATION:
+            raise NotImplementedError(
+                f"{type(hf_model).__name__} refused set_attn_implementation({ATTN_IMPLEMENTATION!r}) (it "
+                f"stayed on {config._attn_implementation!r}); bellm cannot patch it"
+            )
+        setattr(hf_model, _STATE_ATTR, state)
+        for m in modules:
+            m.extra_repr = _bellm_extra_repr(m, type(m).extra_repr.__get__(m))
+
+    for m in modules:
+        m.is_causal = m.layer_idx < k
+        if billm_compat and not m.is_causal:
+            setattr(m, _PADS_VISIBLE_ATTR, True)
+        else:
+            m.__dict__.pop(_PADS_VISIBLE_ATTR, None)
+    setattr(config, _CONFIG_KEY, {"from_layer": k, "billm_compat": bool(billm_compat)})
+    return model
+
+
+def unpatch(model):
+    """Undo :func:`patch` in place and return ``model``.
+
+    Restores the attention implementation, every module's ``is_causal`` and ``extra_repr``, and
+    ``config.bellm`` as they were before the first patch (removed if it was absent). ValueError when
+    ``model`` is not patched.
+    """
+    hf_model = _transformers_model(model)
+    state = getattr(hf_model, _STATE_ATTR, None)
+    if state is None:
+        raise ValueError(f"this {type(hf_model).__name__} is not patched by bellm; nothing to unpatch")
+    modules = _attention_modules(hf_model)
+    hf_model.set_attn_implementation(state["attn_implementation"])
+    for m, flag, repr_fn in zip(modules, state["is_causal"], state["extra_repr"]):
+        m.is_causal = flag
+        m.__dict__.pop(_PADS_VISIBLE_ATTR, None)
+        m.__dict__.pop("extra_repr", None)
+        if repr_fn is not _MISSING:
+            m.extra_repr = repr_fn
+    hf_model.config.__dict__.pop(_CONFIG_KEY, None)
+    if state["config"] is not _MISSING:
+        setattr(hf_model.config, _CONFIG_KEY, state["config"])
+    delattr(hf_model, _STATE_ATTR)
+    return model
+
+
+def load(path_or_model, *, causal_lm: bool = False, **from_pretrained_kwargs):
+    """Re-apply a saved bellm setting and return the patched model.
+
+    ``path_or_model`` is either a model (transformers or peft) whose ``config.bellm`` holds
+    ``{"from_layer": k, "billm_compat": bool}`` (written by :func:`patch`, persisted by
+    ``save_pretrained``), or a local directory saved with ``save_pretrained``, loaded offline with
+    ``AutoModel`` (``AutoModelForCausalLM`` with ``causal_lm``) and ``from_pretrained_kwargs``;
+    ``trust_remote_code`` stays off unless you pass it.
+
+    Raises FileNotFoundError for a missing directory, ValueError when the config holds no bellm setting.
+    """
+    if isinstance(path_or_model, (str, os.PathLike)):
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        path = os.fspath(path_or_model)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path!r} is not a directory saved with save_pretrained")
+        from_pretrained_kwargs.setdefault("local_files_only", True)
+        auto = AutoModelForCausalLM if causal_lm else AutoModel
+        model = auto.from_pretrained(path, **from_pretrained_kwargs)
+    else:
+        model = path_or_model
+    hf_model = _transformers_model(model)
+    setting = getattr(hf_model.config, _CONFIG_KEY, None)
+    if not isinstance(setting, dict) or not isinstance(setting.get("from_layer"), int):
+        raise ValueError(
+            f"the model's config holds no bellm setting (config.{_CONFIG_KEY} = {setting!r}); patch it "
+            "with bellm.patch(model, from_layer=k) instead"
+        )
+    billm_compat = bool(setting.get("billm_compat", False))
+    return patch(model, from_layer=setting["from_layer"], billm_compat=billm_compat)
+
+
+class _CallableModule(types.ModuleType):
+    """Calling the module ``bellm.patch`` calls :func:`patch`.
+
+    Importing the submodule ``bellm.patch`` makes Python set the package attribute ``bellm.patch`` to this
+    module, shadowing the lazily exported function of the same name; so the module forwards calls to it.
+    """
+
+    def __call__(self, model, from_layer: int = -1, *, billm_compat: bool = False):
+        return patch(model, from_layer=from_layer, billm_compat=billm_compat)
+
+
+sys.modules[__name__].__class__ = _CallableModule
