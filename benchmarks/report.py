@@ -1,0 +1,319 @@
+"""Turn a results JSON into BENCHMARKS.md and PNG charts.
+
+    python -m benchmarks.report results.json [--output BENCHMARKS.md] [--charts-dir benchmarks/charts]
+                                             [--allow-cpu]
+
+The input is what ``python -m benchmarks.run`` wrote (or a ``pytest benchmarks/ --benchmark-only
+--benchmark-json=FILE`` file, whose ``extra_info`` carries the same rows). The report has a header naming
+the GPU, driver, torch/triton/transformers versions, git commit and date; a summary of bellm against the
+fastest peer of every group; then one table per group with each implementation's median and 20/80 quantiles,
+its metrics, and its time divided by the fastest peer's time (the peers being every implementation that is
+not bellm). Skipped peers are listed with their reasons. One chart per module shows bellm's speed-up over
+the fastest peer per group.
+
+No number may enter BENCHMARKS.md unless it was measured on a named GPU: a results file without a GPU, or
+from a ``--smoke`` run, is refused unless ``--allow-cpu`` is given, and the report is then labelled as a
+smoke run that says nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+TIMING_KEYS = ("median_ms", "p20_ms", "p80_ms")
+RESERVED_KEYS = {"module", "group", "impl", "skipped", "note", "error", *TIMING_KEYS}
+METRICS = {  # known metric keys: column header and format, in column order; other numeric keys follow
+    "tflops": ("TFLOP/s", "{:.1f}"),
+    "tflops_padded": ("padded TFLOP/s", "{:.1f}"),
+    "gbps": ("GB/s", "{:.0f}"),
+    "tokens_per_s": ("tokens/s", "{:,.0f}"),
+    "roofline_frac": ("of roofline", "{:.0%}"),
+    "peak_mem_mb": ("peak MiB", "{:,.1f}"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading and classifying
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read a results file: ``benchmarks.run`` output, or pytest-benchmark JSON converted to that shape."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "benchmarks" in data and "rows" not in data:  # pytest-benchmark --benchmark-json
+        infos = [b.get("extra_info", {}) for b in data["benchmarks"]]
+        infos = [i for i in infos if "rows" in i]
+        if not infos:
+            raise ValueError(f"{path}: a pytest-benchmark file without bellm rows (run pytest benchmarks/)")
+        return {"environment": infos[0].get("environment", {}), "smoke": any(i.get("smoke") for i in infos),
+                "errors": [], "rows": [row for i in infos for row in i["rows"]]}
+    if "rows" not in data or "environment" not in data:
+        raise ValueError(f"{path}: not a results file from `python -m benchmarks.run` "
+                         "(no 'rows'/'environment')")
+    return data
+
+
+def is_gpu_benchmark(results: dict) -> bool:
+    """True when the results were measured on a named GPU at full size (not a smoke run)."""
+    return bool(results["environment"].get("gpu")) and not results.get("smoke", False)
+
+
+def is_bellm(impl: str) -> bool:
+    """bellm's own rows (``bellm``, ``bellm-...``); every other impl is a peer."""
+    return impl == "bellm" or impl.startswith(("bellm-", "bellm_"))
+
+
+def timed(row: dict) -> bool:
+    return "skipped" not in row and row.get("median_ms") is not None
+
+
+def grouped(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """``{module: {group: [rows]}}`` in first-appearance order."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for row in rows:
+        out.setdefault(row.get("module", "other"), {}).setdefault(row["group"], []).append(row)
+    return out
+
+
+def best_peer(rows: list[dict]) -> dict | None:
+    """The fastest timed non-bellm row of a group (lowest median), or None when no peer ran."""
+    peers = [r for r in rows if timed(r) and not is_bellm(r["impl"])]
+    return min(peers, key=lambda r: r["median_ms"]) if peers else None
+
+
+def ratio_to_best_peer(row: dict, best: dict | None) -> float | None:
+    """``row`` median time / the fastest peer's median time (< 1: faster than every peer)."""
+    if best is None or not timed(row):
+        return None
+    return row["median_ms"] / best["median_ms"]
+
+
+def summary(results: dict) -> list[dict]:
+    """One entry per bellm row that has a timed peer: module, group, impl, times, ratio, speed-up."""
+    out = []
+    for module, groups in grouped(results["rows"]).items():
+        for group, rows in groups.items():
+            best = best_peer(rows)
+            for row in rows:
+                if is_bellm(row["impl"]) and timed(row):
+                    ratio = ratio_to_best_peer(row, best)
+                    out.append({"module": module, "group": group, "impl": row["impl"],
+                                "median_ms": row["median_ms"],
+                                "peer": best["impl"] if best else None,
+                                "peer_ms": best["median_ms"] if best else None,
+                                "ratio": ratio, "speedup": 1 / ratio if ratio else None})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _ms(value: float) -> str:
+    return f"{value:.4g}" if value < 1000 else f"{value:,.0f}"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _metric_keys(rows: list[dict]) -> list[str]:
+    present = {k for r in rows for k, v in r.items()
+               if k not in RESERVED_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return [k for k in METRICS if k in present] + sorted(present - set(METRICS))
+
+
+def _speedup_text(ratio: float) -> str:
+    speedup = 1 / ratio
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{ratio:.2f}× slower"
+
+
+def group_table(rows: list[dict]) -> list[str]:
+    """Markdown table lines for one group."""
+    best = best_peer(rows)
+    metrics = _metric_keys(rows)
+    header = ["impl", "median ms", "p20–p80 ms", *(METRICS.get(k, (k,))[0] for k in metrics),
+              "time ÷ fastest peer", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in rows:
+        impl = f"**{row['impl']}**" if is_bellm(row["impl"]) else row["impl"]
+        if not timed(row):
+            cells = [impl, "skipped", "", *([""] * len(metrics)), "", _cell(row.get("skipped", ""))]
+        else:
+            values = []
+            for k in metrics:
+                v = row.get(k)
+                values.append("" if v is None else METRICS.get(k, ("", "{:.4g}"))[1].format(v))
+            ratio = ratio_to_best_peer(row, best)
+            if ratio is None:
+                ratio_text = "no peer ran"
+            elif row is best:
+                ratio_text = "1.00 (fastest peer)"
+            elif is_bellm(row["impl"]):
+                ratio_text = f"**{ratio:.2f}** ({_speedup_text(ratio)})"
+            else:
+                ratio_text = f"{ratio:.2f}"
+            cells = [impl, _ms(row["median_ms"]), f"{_ms(row['p20_ms'])}–{_ms(row['p80_ms'])}", *values,
+                     ratio_text, _cell(row.get("note", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def header_lines(results: dict, source: str) -> list[str]:
+    env = results["environment"]
+    gpu = env.get("gpu")
+    lines = ["# bellm benchmarks", ""]
+    if not is_gpu_benchmark(results):
+        kind = f"Smoke run on {gpu} — not a benchmark" if gpu else "CPU smoke run — not a GPU benchmark"
+        how = "a `--smoke` run with tiny shapes" if results.get("smoke") else "a run without a GPU"
+        lines += [f"> **{kind}.** These rows come from {how}: they check that the suite and this report work "
+                  "and say nothing about speed. Do not quote them.", ""]
+    lines += [f"Generated by `python -m benchmarks.report` from `{source}`; do not edit by hand. "
+              "Rerun with `python -m benchmarks.run && python -m benchmarks.report results.json` "
+              "(see `benchmarks/README.md`).", ""]
+    device = gpu or "none (CPU)"
+    if gpu and env.get("capability"):
+        device += f" (sm {env['capability']})"
+    table = [
+        ("GPU", device),
+        ("driver", env.get("driver", "unknown")),
+        ("torch / triton / transformers",
+         " / ".join(env.get(k, "?") for k in ("torch", "triton", "transformers"))),
+        ("python", env.get("python", "?")),
+        ("git commit", env.get("commit", "unknown")),
+        ("date (UTC)", env.get("date", "unknown")),
+        ("mode", ("smoke (tiny shapes)" if results.get("smoke") else "full")
+         + ("; Triton interpreter" if env.get("triton_interpret") else "")),
+    ]
+    lines += ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in table), ""]
+    lines += ["Times are medians of `triton.testing.do_bench` (CUDA) or of a synchronised timer loop, after "
+              "warm-up, on random data. **time ÷ fastest peer** divides a row's median by the fastest "
+              "non-bellm implementation's median in the same group and run: below 1 means faster than every "
+              "peer. Metric conventions: `benchmarks/README.md`.", ""]
+    return lines
+
+
+def render_markdown(results: dict, source: str = "results.json", charts: dict[str, str] | None = None) -> str:
+    """The whole BENCHMARKS.md text; ``charts`` maps module → chart path relative to the markdown file."""
+    charts = charts or {}
+    lines = header_lines(results, source)
+    rows_summary = summary(results)
+    lines += ["## Summary: bellm vs the fastest peer", ""]
+    if rows_summary:
+        lines += ["| module | group | bellm ms | fastest peer | peer ms | bellm ÷ peer time | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in rows_summary:
+            impl = "" if s["impl"] == "bellm" else f" ({s['impl']})"
+            if s["peer"] is None:
+                tail = "no peer ran | | | "
+            else:
+                tail = f"{s['peer']} | {_ms(s['peer_ms'])} | {s['ratio']:.2f} | **{s['speedup']:.2f}×**"
+            lines.append(f"| {s['module']} | {_cell(s['group'])}{impl} | {_ms(s['median_ms'])} | {tail} |")
+    else:
+        lines.append("No bellm row was timed.")
+    lines.append("")
+    if results.get("errors"):
+        lines += ["**Modules that crashed** (their rows are marked skipped below):", ""]
+        lines += [f"- `{_cell(e)}`" for e in results["errors"]] + [""]
+    for module, groups in grouped(results["rows"]).items():
+        lines += [f"## {module}", ""]
+        if module in charts:
+            lines += [f"![{module}: bellm speed-up over the fastest peer]({charts[module]})", ""]
+        for group, rows in groups.items():
+            lines += [f"### {_cell(group)}", "", *group_table(rows), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Charts
+
+
+def write_charts(results: dict, charts_dir: str | os.PathLike) -> dict[str, Path]:
+    """One PNG per module: bellm's speed-up over the fastest peer per group, log scale.
+
+    Returns ``{module: path}``; a module without a bellm row that has a timed peer gets no chart.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    from bellm._io import atomic_path
+
+    written = {}
+    by_module: dict[str, list[dict]] = {}
+    for s in summary(results):
+        if s["speedup"] is not None:
+            by_module.setdefault(s["module"], []).append(s)
+    smoke_label = "" if is_gpu_benchmark(results) else "  [SMOKE RUN - NOT A BENCHMARK]"
+    gpu = results["environment"].get("gpu") or "CPU"
+    for module, entries in by_module.items():
+        labels = [f"{e['group']}" + ("" if e["impl"] == "bellm" else f" [{e['impl']}]") + f"  vs {e['peer']}"
+                  for e in entries]
+        speedups = [e["speedup"] for e in entries]
+        fig = Figure(figsize=(10, 1.2 + 0.32 * len(entries)), layout="constrained")
+        ax = fig.subplots()
+        y = list(range(len(entries)))[::-1]
+        colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
+        ax.barh(y, [s - 1 for s in speedups], left=1, color=colors)  # bars grow from 1x, left or right
+        ax.set_xscale("log")
+        span = 1.5 * max(max(s, 1 / s) for s in speedups)
+        ax.set_xlim(1 / span, span)
+        ax.set_xticks([2.0**k for k in range(-8, 9) if 1 / span <= 2.0**k <= span])
+        ax.minorticks_off()
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_yticks(y, labels, fontsize=7)
+        for yi, s in zip(y, speedups):
+            ax.annotate(f"{s:.2f}×", (s, yi), xytext=(3 if s >= 1 else -3, 0), textcoords="offset points",
+                        ha="left" if s >= 1 else "right", va="center", fontsize=7)
+        ax.set_xlabel("bellm speed-up over the fastest peer (fastest peer time ÷ bellm time; > 1 is faster)")
+        ax.set_title(f"{module} — {gpu}{smoke_label}", fontsize=9)
+        path = Path(charts_dir) / f"{module}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        written[module] = path
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                description="Write BENCHMARKS.md and charts from a results file.")
+    p.add_argument("results", help="results JSON from `python -m benchmarks.run`")
+    p.add_argument("--output", default="BENCHMARKS.md", help="markdown to write (default: %(default)s)")
+    p.add_argument("--charts-dir", default="benchmarks/charts", help="PNG folder (default: %(default)s)")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="accept a CPU or --smoke results file; the report is then labelled as a smoke run")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        results = load_results(args.results)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not is_gpu_benchmark(results) and not args.allow_cpu:
+        why = "a --smoke run" if results.get("smoke") else "not measured on a GPU (no 'gpu' in environment)"
+        print(f"error: {args.results} is {why}; BENCHMARKS.md only takes numbers measured on a named GPU. "
+              "Pass --allow-cpu to write a report labelled as a CPU smoke run.", file=sys.stderr)
+        return 2
+    from bellm._io import atomic_write_text
+
+    output = Path(args.output)
+    charts = write_charts(results, args.charts_dir)
+    rel = {m: Path(os.path.relpath(p.resolve(), output.resolve().parent)).as_posix()
+           for m, p in charts.items()}
+    atomic_write_text(output, render_markdown(results, source=Path(args.results).name, charts=rel))
+    print(f"wrote {output} ({len(results['rows'])} rows) and {len(charts)} chart(s) in {args.charts_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The benchmark runner and report: fake modules with known numbers, then the real suite's ``--smoke`` run.
+
+The fake modules (put into ``sys.modules``, with ``benchmarks.run.MODULES`` monkeypatched) pin the runner's
+error handling and the report's ratio arithmetic before, and independently of, the real bench modules. The
+end-to-end test runs ``python -m benchmarks.run --smoke`` on whichever real modules exist, then
+``python -m benchmarks.report --allow-cpu``, in subprocesses as CI would. Nothing here judges speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report, run
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(group, impl, median, **extra):
+    return {"group": group, "impl": impl, "median_ms": median, "p20_ms": median * 0.9, "p80_ms": median * 1.1,
+            **extra}
+
+
+FAKE_ROWS = [
+    _row("g1 fwd", "bellm", 2.0, tflops=100.0, peak_mem_mb=12.5),
+    _row("g1 fwd", "sdpa-flash", 4.0, tflops=50.0),
+    _row("g1 fwd", "flex", 3.0, tflops=66.7, note="compiled"),
+    {"group": "g1 fwd", "impl": "flash-attn", "skipped": "flash_attn is not importable"},
+    _row("g2 pool", "bellm", 6.0, gbps=10.0),
+    _row("g2 pool", "index_add", 3.0, gbps=20.0),
+    _row("g3 alone", "bellm", 1.0),
+]
+
+
+def _fake_module(name, collect):
+    module = types.ModuleType(name)
+    module.collect = collect
+    return module
+
+
+@pytest.fixture
+def fake_suite(monkeypatch):
+    """MODULES = fake_ok (known rows), fake_crash (raises), fake_bad (a zero time), fake_absent (no file)."""
+
+    def crash(smoke=False):
+        raise RuntimeError("boom in collect")
+
+    def bad(smoke=False):
+        return [_row("g9", "bellm", 1.0), _row("g9", "sdpa-math", 0.0)]
+
+    def ok(smoke=False):
+        return [dict(r) for r in FAKE_ROWS]
+
+    fakes = {"fake_ok": ok, "fake_crash": crash, "fake_bad": bad}
+    for name, collect in fakes.items():
+        monkeypatch.setitem(sys.modules, run.module_path(name), _fake_module(run.module_path(name), collect))
+    monkeypatch.setattr(run, "MODULES", ("fake_ok", "fake_crash", "fake_bad", "fake_absent"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # main(--smoke) only sets it when unset
+
+
+def test_runner_records_crashes_and_continues(fake_suite, tmp_path):
+    out = tmp_path / "results.json"
+    assert run.main(["--smoke", "--output", str(out)]) == 1  # a crash fails a smoke run
+    results = json.loads(out.read_text())
+    assert results["smoke"] is True and results["schema"] == run.SCHEMA
+    assert {m: s["status"] for m, s in results["modules"].items()} == {
+        "fake_ok": "ok", "fake_crash": "crashed", "fake_bad": "crashed", "fake_absent": "absent"}
+    ok_rows = [r for r in results["rows"] if r["module"] == "fake_ok"]
+    assert [(r["group"], r["impl"]) for r in ok_rows] == [(r["group"], r["impl"]) for r in FAKE_ROWS]
+    crash_rows = [r for r in results["rows"] if r["module"] == "fake_crash"]
+    assert len(crash_rows) == 1 and "boom in collect" in crash_rows[0]["skipped"]
+    bad_rows = [r for r in results["rows"] if r["module"] == "fake_bad"]
+    assert [r.get("skipped", "") for r in bad_rows][0] == "" and "median_ms=0.0" in bad_rows[1]["skipped"]
+    assert len(results["errors"]) == 2 and "boom" in results["errors"][0]
+    assert "torch" in results["environment"] and "date" in results["environment"]
+
+    # Outside smoke mode a crash is recorded but the exit status stays 0; --only picks modules.
+    assert run.main(["--output", str(out)]) == 0
+    assert run.main(["--only", "fake_ok", "--output", str(out)]) == 0
+    assert set(json.loads(out.read_text())["modules"]) == {"fake_ok"}
+    assert run.main(["--only", "nope", "--output", str(out)]) == 2
+
+
+def test_runner_rejects_malformed_rows():
+    assert run.row_problem(_row("g", "bellm", 1.0)) is None
+    assert run.row_problem({"group": "g", "impl": "x", "skipped": "no GPU"}) is None
+    assert "skipped" in run.row_problem({"group": "g", "impl": "x", "skipped": ""})
+    assert "median_ms" in run.row_problem({"group": "g", "impl": "x"})
+    assert "median_ms" in run.row_problem(_row("g", "x", float("nan")))
+    assert "impl" in run.row_problem({"group": "g", "median_ms": 1.0})
+    assert run.jsonable({"a": float("inf"), "b": (1, 2.5)}) == {"a": None, "b": [1, 2.5]}
+
+
+def _results(rows, **env):
+    environment = {"torch": "2.11.0", "triton": "3.6.0", "transformers": "5.17.0", "python": "3.11.9",
+                   "commit": "abc1234", "date": "2026-11-25T00:00:00+00:00", **env}
+    return {"schema": 1, "smoke": False, "environment": environment, "modules": {}, "errors": [],
+            "rows": [{"module": "fake_ok", **r} for r in rows]}
+
+
+def test_ratio_to_best_peer_on_known_numbers():
+    results = _results(FAKE_ROWS)
+    by_group = {s["group"]: s for s in report.summary(results)}
+    assert by_group["g1 fwd"]["peer"] == "flex"  # fastest non-bellm; the skipped flash-attn is no peer
+    assert by_group["g1 fwd"]["ratio"] == pytest.approx(2.0 / 3.0)
+    assert by_group["g1 fwd"]["speedup"] == pytest.approx(1.5)
+    assert by_group["g2 pool"]["ratio"] == pytest.approx(2.0) and by_group["g2 pool"]["peer"] == "index_add"
+    assert by_group["g3 alone"]["peer"] is None and by_group["g3 alone"]["ratio"] is None
+
+    md = report.render_markdown(results)
+    lines = md.splitlines()
+    bellm_g1 = next(line for line in lines if line.startswith("| **bellm** | 2 |"))
+    assert "**0.67** (1.50× faster)" in bellm_g1 and "100.0" in bellm_g1 and "1.8–2.2" in bellm_g1
+    assert any(line.startswith("| flex | 3 |") and "1.00 (fastest peer)" in line for line in lines)
+    assert any(line.startswith("| sdpa-flash | 4 |") and "| 1.33 |" in line for line in lines)
+    assert any("flash-attn | skipped" in line and "flash_attn is not importable" in line for line in lines)
+    assert any("**2.00** (2.00× slower)" in line for line in lines)
+    assert any(line.startswith("| fake_ok | g1 fwd | 2 | flex | 3 | 0.67 | **1.50×**") for line in lines)
+    assert "no peer ran" in md
+    assert "| TFLOP/s |" in md and "| GB/s |" in md and "| peak MiB |" in md
+
+
+def _write(tmp_path, results, name="results.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_report_refuses_cpu_and_smoke_results_without_allow_cpu(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    charts = tmp_path / "charts"
+    cpu = _write(tmp_path, {**_results(FAKE_ROWS), "smoke": True})
+    assert report.main([str(cpu), "--output", str(md), "--charts-dir", str(charts)]) == 2
+    assert not md.exists() and not charts.exists()
+    gpu_smoke = _write(tmp_path, {**_results(FAKE_ROWS, gpu="NVIDIA H100"), "smoke": True}, "gpu.json")
+    assert report.main([str(gpu_smoke), "--output", str(md), "--charts-dir", str(charts)]) == 2
+    assert not md.exists()
+
+    assert report.main([str(cpu), "--output", str(md), "--charts-dir", str(charts), "--allow-cpu"]) == 0
+    text = md.read_text()
+    assert "CPU smoke run — not a GPU benchmark" in text.splitlines()[2]
+    assert (charts / "fake_ok.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_on_gpu_results(tmp_path):
+    results = _results(FAKE_ROWS, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", driver="560.35.03")
+    results["errors"] = ["fake_crash: collect() raised: RuntimeError('boom')"]
+    md = tmp_path / "docs" / "BENCHMARKS.md"
+    charts = tmp_path / "charts"
+    source = _write(tmp_path, results)
+    assert report.main([str(source), "--output", str(md), "--charts-dir", str(charts)]) == 0
+    text = md.read_text()
+    assert "smoke" not in text.lower()
+    for fact in ("NVIDIA A100-SXM4-80GB (sm 8.0)", "560.35.03", "2.11.0 / 3.6.0 / 5.17.0", "abc1234",
+                 "2026-11-25", "RuntimeError('boom')"):
+        assert fact in text
+    link = next(line for line in text.splitlines() if line.startswith("![fake_ok"))
+    target = link[link.index("(") + 1:-1]
+    assert target == "../charts/fake_ok.png" and (md.parent / target).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_reads_pytest_benchmark_json(tmp_path):
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"}
+    rows = [{"module": "fake_ok", **r} for r in FAKE_ROWS]
+    info = {"module": "fake_ok", "smoke": False, "environment": env, "rows": rows}
+    data = {"machine_info": {}, "benchmarks": [{"name": "test_module[fake_ok]", "extra_info": info}]}
+    results = report.load_results(_write(tmp_path, data))
+    assert report.is_gpu_benchmark(results) and len(results["rows"]) == len(FAKE_ROWS)
+    with pytest.raises(ValueError, match="not a results file"):
+        report.load_results(_write(tmp_path, {"hello": 1}))
+
+
+def test_smoke_suite_end_to_end(tmp_path):
+    """The CI path: the real modules' --smoke run, then the report, as subprocesses."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # let the runner choose
+    results_path, md = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--output", str(results_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads(results_path.read_text())
+    assert results["smoke"] is True and not results["errors"]
+    present = [m for m, s in results["modules"].items() if s["status"] != "absent"]
+    assert all(results["modules"][m]["status"] == "ok" and results["modules"][m]["rows"] for m in present)
+    assert all(run.row_problem(r) is None for r in results["rows"])
+    assert {r["module"] for r in results["rows"]} == set(present)
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", str(results_path), "--allow-cpu",
+                           "--output", str(md), "--charts-dir", str(tmp_path / "charts")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = md.read_text()
+    assert "not a GPU benchmark" in text or "not a benchmark" in text
+    for row in results["rows"]:
+        assert f"### {report._cell(row['group'])}" in text
+    print({m: s for m, s in results["modules"].items()})
