@@ -1,26 +1,36 @@
-"""Fused softmax attention in Triton: causal or bidirectional per call, padded or packed varlen, GQA, fwd + bwd.
+"""Fused softmax attention in Triton: causal or bidirectional per call, padded or packed varlen, GQA, fwd +
+bwd.
 
 Layers, in order: the ``@triton.jit`` kernels (``_attn_fwd_kernel``, ``_attn_bwd_preprocess_kernel``,
-``_attn_bwd_dkdv_kernel``, ``_attn_bwd_dq_kernel``) → the launchers ``_attn_fwd`` / ``_attn_bwd`` (choose blocks,
-allocate, launch; no autograd) → ``_AttentionFunction`` → the public :func:`attention` (docstring, checks, dispatch).
+``_attn_bwd_dkdv_kernel``, ``_attn_bwd_dq_kernel``) → the launchers ``_attn_fwd`` / ``_attn_bwd`` (choose
+blocks,
+allocate, launch; no autograd) → ``_AttentionFunction`` → the public :func:`attention` (docstring, checks,
+dispatch).
 
-Algorithm (FlashAttention-2): the forward streams key/value blocks through an online base-2 softmax and saves the
-log-sum-exp ``lse`` (base 2, one float32 per query row and head); the backward recomputes the probabilities from
-``lse``: a preprocess kernel computes ``delta = rowsum(dO * O)``, one program per (key block, kv head) accumulates
-dK and dV over every query head of its GQA group in float32 (no atomics), and one program per (query block, head)
+Algorithm (FlashAttention-2): the forward streams key/value blocks through an online base-2 softmax and saves
+the
+log-sum-exp ``lse`` (base 2, one float32 per query row and head); the backward recomputes the probabilities
+from
+``lse``: a preprocess kernel computes ``delta = rowsum(dO * O)``, one program per (key block, kv head)
+accumulates
+dK and dV over every query head of its GQA group in float32 (no atomics), and one program per (query block,
+head)
 accumulates dQ.
 
 Every program works inside one *window*: a packed sequence ``[cu_seqlens[b], cu_seqlens[b+1])`` or one padded
-row ``b``. A padded row's real tokens lie in ``[lo, hi)`` (first and last real token, computed on the device, no
+row ``b``. A padded row's real tokens lie in ``[lo, hi)`` (first and last real token, computed on the device,
+no
 host sync); a general 0/1 mask (holes too) is applied on top. Key blocks outside the visible range are never
-visited (causal upper triangle, beyond the sequence end, padding), and only blocks on a boundary pay for masking.
+visited (causal upper triangle, beyond the sequence end, padding), and only blocks on a boundary pay for
+masking.
 Programs past a packed sequence's end exit at once; padded rows with no real token write zeros.
 
 Query rows that see no key (padding) get a zero output and ``lse = +inf``, so the backward's recomputed
 probabilities are exactly 0 there: zeros and zero gradients, never NaN.
 
 Autotuning (CUDA only) keys on head_dim, head counts, causal and the dtypes; sequence lengths are runtime ints
-(``do_not_specialize``), so new packed lengths neither retune nor recompile. In Triton's interpreter (CPU tensors
+(``do_not_specialize``), so new packed lengths neither retune nor recompile. In Triton's interpreter (CPU
+tensors
 with ``TRITON_INTERPRET=1``) one small fixed config runs instead.
 """
 
@@ -43,14 +53,15 @@ MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # kernels
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
 def _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr):
-    """(row0, win_len, lo, hi): first row of the window in ``(rows, ...)`` coordinates, its length and the range
+    """(row0, win_len, lo, hi): first row of the window in ``(rows, ...)`` coordinates, its length and the
+    range
     of positions inside it that may hold real tokens."""
     if IS_VARLEN:
         start = tl.load(cu_seqlens + i_b)
@@ -166,7 +177,8 @@ def _attn_fwd_kernel(
     p_lse = lse + i_h.to(tl.int64) * lse_rows + row0 + offs_m
     if (start_m >= hi) | (start_m + BLOCK_M <= lo):
         # a block of padding: zeros, and lse = +inf so the backward sees probability 0
-        tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_D], dtype=o.dtype.element_ty), mask=m_row[:, None] & m_d[None, :])
+        m_store = m_row[:, None] & m_d[None, :]
+        tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_D], dtype=o.dtype.element_ty), mask=m_store)
         tl.store(p_lse, tl.full([BLOCK_M], float("inf"), tl.float32), mask=m_row)
         return
 
@@ -233,7 +245,8 @@ def _attn_bwd_preprocess_kernel(
     do_base = _base(do, row0, i_b, stride_dob, stride_dos, IS_VARLEN) + i_h * stride_doh
     b_o = tl.load(o_base + offs_m[:, None] * stride_os + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
     b_do = tl.load(do_base + offs_m[:, None] * stride_dos + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-    tl.store(delta + i_h.to(tl.int64) * lse_rows + row0 + offs_m, tl.sum(b_o * b_do, 1), mask=offs_m < win_len)
+    p_delta = delta + i_h.to(tl.int64) * lse_rows + row0 + offs_m
+    tl.store(p_delta, tl.sum(b_o * b_do, 1), mask=offs_m < win_len)
 
 
 @triton.jit
@@ -250,8 +263,8 @@ def _attn_bwd_dkdv_inner(
         # [BLOCK_M, BLOCK_D]
         b_q = _load_rows(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], m_row[:, None], m_d[None, :],
                          MASKED, EVEN_D)
-        b_do = _load_rows(do_base + offs_m[:, None] * stride_dos + offs_d[None, :], m_row[:, None], m_d[None, :],
-                          MASKED, EVEN_D)
+        b_do = _load_rows(do_base + offs_m[:, None] * stride_dos + offs_d[None, :], m_row[:, None],
+                          m_d[None, :], MASKED, EVEN_D)
         if MASKED:
             b_lse = tl.load(lse_base + offs_m, mask=m_row, other=float("inf"))
             b_delta = tl.load(delta_base + offs_m, mask=m_row, other=0.0)
@@ -322,7 +335,8 @@ def _attn_bwd_dkdv_kernel(
     dk_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    # query blocks start at m_lo: [m_lo, m_full) on the causal diagonal (masked), [m_full, m_tail) need no mask,
+    # query blocks start at m_lo: [m_lo, m_full) on the causal diagonal (masked), [m_full, m_tail) need no
+    # mask,
     # [m_tail, hi) hold the sequence end (masked)
     if CAUSAL:
         m_lo = tl.maximum(lo, start_n)
@@ -468,11 +482,12 @@ def _attn_bwd_dq_kernel(
     tl.store(p_dq, (dq_acc * scale).to(dq.dtype.element_ty), mask=m_store)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # configs: fixed and small in the interpreter, autotuned per device capability on CUDA
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
-_AUTOTUNE_KEY = ["HEAD_DIM", "NUM_HEADS", "NUM_KV_HEADS", "CAUSAL"]  # + the tensors' dtypes (Triton adds them)
+# Triton adds the tensors' dtypes to the key; never anything derived from sequence lengths
+_AUTOTUNE_KEY = ["HEAD_DIM", "NUM_HEADS", "NUM_KV_HEADS", "CAUSAL"]
 
 # (BLOCK_M, BLOCK_N) for the interpreter: unequal on purpose, so the block logic is exercised
 _INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "pre": (32, 0)}
@@ -517,7 +532,7 @@ def _smem_bytes(kind: str, block_m: int, block_n: int, block_d: int, stages: int
 _KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tuned_kernel(kind: str, block_d: int, elem: int, capability: tuple[int, int]):
     """An autotuned wrapper of one kernel for this padded head_dim, element size and device capability."""
     budget = _SMEM_KIB.get(capability, 99) * 1024
@@ -547,9 +562,9 @@ def _kernel_and_meta(kind: str, x: torch.Tensor, block_d: int):
     return _KERNELS[kind], {"BLOCK_M": bm, "BLOCK_N": bn}
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # launchers
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -590,15 +605,18 @@ def _make_layout(q: torch.Tensor, cu_seqlens, max_seqlen, key_mask) -> _Layout:
     if key_mask is None:
         return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, None, None)
     positions = torch.arange(seqlen, device=q.device, dtype=torch.int32)
-    lo = torch.where(key_mask, positions, seqlen).amin(dim=1) if seqlen else torch.zeros(batch, dtype=torch.int32,
-                                                                                            device=q.device)
-    hi = torch.where(key_mask, positions + 1, 0).amax(dim=1) if seqlen else lo
+    if seqlen == 0:
+        lo = hi = torch.zeros(batch, dtype=torch.int32, device=q.device)
+    else:
+        lo = torch.where(key_mask, positions, seqlen).amin(dim=1)
+        hi = torch.where(key_mask, positions + 1, 0).amax(dim=1)
     bounds = torch.stack([lo, torch.maximum(hi, lo)], dim=1).to(torch.int32).contiguous()
     return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, key_mask.view(torch.uint8), bounds)
 
 
 def _dot_precision(x: torch.Tensor) -> str | None:
-    # float32 inputs get full-precision dots (Triton's default would be TF32 on NVIDIA GPUs); halves: the default
+    # float32 inputs get full-precision dots (Triton's default would be TF32 on NVIDIA GPUs); halves: the
+    # default
     return "ieee" if x.dtype == torch.float32 else None
 
 
@@ -680,13 +698,14 @@ class _AttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # public op
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
-def _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale) -> tuple[torch.Tensor | None,
-                                                                                           float]:
+def _check_inputs(
+    q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale
+) -> tuple[torch.Tensor | None, float]:
     """Every check of :func:`attention`; returns the mask as bool (or None) and the scale."""
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
@@ -696,8 +715,10 @@ def _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale
     _checks.check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5 if q.dim() > 0 and q.shape[-1] > 0 else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite float (or None for head_dim ** -0.5), got {scale!r}")
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (0 < scale < math.inf):
+        raise ValueError(
+            f"scale must be a positive finite float (or None for head_dim ** -0.5), got {scale!r}"
+        )
     scale = float(scale)
 
     if cu_seqlens is not None:
@@ -707,42 +728,48 @@ def _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale
                 "(packed (total_tokens, heads, head_dim) inputs), not both"
             )
         if max_seqlen is None:
-            raise ValueError("cu_seqlens needs max_seqlen: pass max_seqlen = the longest sequence length (an int)")
+            raise ValueError(
+                "cu_seqlens needs max_seqlen: pass max_seqlen = the longest sequence length (an int)"
+            )
         for name, x in (("q", q), ("k", k), ("v", v)):
             if x.dim() != 3:
                 raise ValueError(
                     f"{name} has shape {tuple(x.shape)}; with cu_seqlens (packed layout) it must be "
-                    "(total_tokens, heads, head_dim). For padded (batch, seqlen, heads, head_dim) inputs pass "
-                    "attention_mask instead of cu_seqlens"
+                    "(total_tokens, heads, head_dim). For padded (batch, seqlen, heads, head_dim) inputs "
+                    "pass attention_mask instead of cu_seqlens"
                 )
     else:
         if max_seqlen is not None:
             raise ValueError(
-                f"max_seqlen = {max_seqlen!r} was given without cu_seqlens; max_seqlen only applies to the packed "
-                "layout: pass cu_seqlens too, or drop max_seqlen"
+                f"max_seqlen = {max_seqlen!r} was given without cu_seqlens; max_seqlen only applies to the "
+                "packed layout: pass cu_seqlens too, or drop max_seqlen"
             )
         for name, x in (("q", q), ("k", k), ("v", v)):
             if x.dim() != 4:
-                hint = (" A 3-D (total_tokens, heads, head_dim) input is packed: pass cu_seqlens and max_seqlen."
-                        if x.dim() == 3 else "")
+                hint = ""
+                if x.dim() == 3:
+                    hint = (" A 3-D (total_tokens, heads, head_dim) input is packed: pass cu_seqlens and "
+                            "max_seqlen.")
                 raise ValueError(
-                    f"{name} has shape {tuple(x.shape)}; padded inputs must be (batch, seqlen, heads, head_dim)."
-                    + hint
+                    f"{name} has shape {tuple(x.shape)}; padded inputs must be "
+                    f"(batch, seqlen, heads, head_dim).{hint}"
                 )
     if tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"k has shape {tuple(k.shape)} but v has {tuple(v.shape)}; k and v must have one shape")
+        raise ValueError(
+            f"k has shape {tuple(k.shape)} but v has {tuple(v.shape)}; k and v must have one shape"
+        )
     if tuple(k.shape[:-2]) != tuple(q.shape[:-2]):
         raise ValueError(
-            f"q has shape {tuple(q.shape)} but k has {tuple(k.shape)}; the token dimensions (all but heads and "
-            "head_dim) must match"
+            f"q has shape {tuple(q.shape)} but k has {tuple(k.shape)}; the token dimensions (all but heads "
+            "and head_dim) must match"
         )
     head_dim, heads, kv_heads = q.shape[-1], q.shape[-2], k.shape[-2]
     if k.shape[-1] != head_dim:
         raise ValueError(f"q has head_dim {head_dim} but k and v have {k.shape[-1]}; they must be equal")
     if kv_heads == 0 or heads == 0 or heads % kv_heads != 0:
         raise ValueError(
-            f"q has {heads} heads and k/v have {kv_heads}; heads must be a positive multiple of kv_heads (GQA: "
-            "query head h uses kv head h // (heads // kv_heads))"
+            f"q has {heads} heads and k/v have {kv_heads}; heads must be a positive multiple of kv_heads "
+            "(GQA: query head h uses kv head h // (heads // kv_heads))"
         )
     if head_dim % 8 != 0 or not 16 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(
@@ -774,34 +801,43 @@ def attention(
         q (torch.Tensor):
             padded ``(batch, seqlen, heads, head_dim)`` or packed ``(total_tokens, heads, head_dim)``.
         k, v (torch.Tensor):
-            ``(batch, seqlen, kv_heads, head_dim)`` or ``(total_tokens, kv_heads, head_dim)``, same dtype and device
-            as q. GQA: ``heads % kv_heads == 0`` and query head ``h`` uses kv head ``h // (heads // kv_heads)``
-            (q with 6 heads and k/v with 2: heads 0, 1, 2 use kv head 0). head_dim: a multiple of 8 from 16 to 256.
+            ``(batch, seqlen, kv_heads, head_dim)`` or ``(total_tokens, kv_heads, head_dim)``, same dtype and
+            device
+            as q. GQA: ``heads % kv_heads == 0`` and query head ``h`` uses kv head ``h // (heads //
+            kv_heads)``
+            (q with 6 heads and k/v with 2: heads 0, 1, 2 use kv head 0). head_dim: a multiple of 8 from 16
+            to 256.
         causal (bool):
             True: query ``i`` sees keys ``j <= i`` of its own sequence; False: every key of its own sequence.
             Per call, so a model can mix causal and bidirectional layers.
         cu_seqlens (torch.Tensor):
-            packed layout only: int32 ``(num_seqs + 1,)``, ``[0, ..., total_tokens]``, non-decreasing (zero-length
+            packed layout only: int32 ``(num_seqs + 1,)``, ``[0, ..., total_tokens]``, non-decreasing
+            (zero-length
             sequences allowed). Sequences never attend across their boundaries. Default: ``None``.
         max_seqlen (int):
             packed layout only: at least the longest sequence (it sizes the launch grid). Default: ``None``.
         attention_mask (torch.Tensor):
-            padded layout only: ``(batch, seqlen)`` bool or 0/1 integer, 1 = real token, padding on either side or
-            mixed. Key ``j`` is visible to query ``i`` iff ``attention_mask[b, j]`` and (not causal or ``j <= i``).
+            padded layout only: ``(batch, seqlen)`` bool or 0/1 integer, 1 = real token, padding on either
+            side or
+            mixed. Key ``j`` is visible to query ``i`` iff ``attention_mask[b, j]`` and (not causal or ``j <=
+            i``).
             ``None`` with no ``cu_seqlens`` means a dense batch without padding. Default: ``None``.
         scale (float):
             softmax scale. Default: ``head_dim ** -0.5``.
 
     Returns:
-        A tensor shaped like ``q`` in ``q.dtype`` (float32 accumulation inside). Padded query rows, and rows that
+        A tensor shaped like ``q`` in ``q.dtype`` (float32 accumulation inside). Padded query rows, and rows
+        that
         see no key, are zeros, with zero gradients (never NaN).
 
     Raises:
-        TypeError / ValueError before any launch, naming the value and the fix: unsupported or mismatched dtypes,
+        TypeError / ValueError before any launch, naming the value and the fix: unsupported or mismatched
+        dtypes,
         devices, ranks or shapes, ``heads % kv_heads != 0``, unsupported head_dim, malformed ``cu_seqlens``,
         ``attention_mask`` and ``cu_seqlens`` together, ``max_seqlen`` missing, misplaced or too small.
 
-    CUDA tensors run the Triton kernels; CPU tensors run :func:`bellm_kernels.reference.attention`, or the Triton
+    CUDA tensors run the Triton kernels; CPU tensors run :func:`bellm_kernels.reference.attention`, or the
+    Triton
     kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` (tests).
     """
     key_mask, scale = _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale)

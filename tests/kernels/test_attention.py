@@ -1,6 +1,7 @@
 """bellm_kernels.attention (Triton) against bellm_kernels.reference.attention (float32 maths).
 
-On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), in float32 and float16; bf16
+On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), in float32 and float16;
+bf16
 `tl.dot` is wrong in the interpreter, so bf16 runs only on CUDA (`gpu` marker). Every launcher allocation is
 poisoned with NaN, so a row the kernels forget to write fails the test. Inputs are fresh random tensors.
 """
@@ -54,9 +55,9 @@ def test_poison_is_active():
     assert torch.isnan(torch.empty(3)).all() and torch.isnan(torch.empty_like(torch.zeros(2))).all()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # helpers
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _qkv(shape_q, kv_heads, dtype, seed=0, device=DEVICE):
@@ -121,9 +122,9 @@ def _cu(lengths):
     return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # padded, packed, GQA, head dims, lengths
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -136,7 +137,7 @@ def test_padded(causal, padding, dtype):
     (out, dq, _, _), _ = _compare(q, k, v, do, causal=causal, attention_mask=mask)
     if mask is not None:
         pad = ~mask
-        assert (out[pad] == 0).all() and (dq[pad] == 0).all(), "padded query rows must be zero, with zero grads"
+        assert (out[pad] == 0).all() and (dq[pad] == 0).all(), "padded query rows: zero output and grad"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -184,15 +185,17 @@ def test_packed_equals_padded(causal):
             index += [b * seqlen + c for c in cols]
         index = torch.tensor(index, device=DEVICE)
 
-        def pad(x):
+        def pad(x, index=index, seqlen=seqlen):
             out = x.new_zeros((len(lengths) * seqlen, *x.shape[1:]))
             out[index] = x
             return out.reshape(len(lengths), seqlen, *x.shape[1:])
 
-        padded = _run(bellm_kernels.attention, pad(q), pad(k), pad(v), pad(do), causal=causal, attention_mask=mask)
+        padded = _run(bellm_kernels.attention, pad(q), pad(k), pad(v), pad(do), causal=causal,
+                      attention_mask=mask)
         for name, a, b in zip(("out", "dq", "dk", "dv"), packed, padded):
             b = b.reshape(-1, *b.shape[2:])[index]
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, n=name, s=side: f"{n} {s}: {m}")
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5,
+                                       msg=lambda m, n=name, s=side: f"{n} {s}: {m}")
 
 
 def test_fully_padded_batch_and_int_mask():
@@ -212,7 +215,8 @@ def test_empty_sequences_packed():
     q, k, v, do = _qkv((8, 2, 32), 1, torch.float32, seed=2)
     _compare(q, k, v, do, causal=False, cu_seqlens=_cu(lengths), max_seqlen=5)
     q, k, v, do = _qkv((0, 2, 32), 1, torch.float32)
-    out, dq, dk, dv = _run(bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu([0, 0]), max_seqlen=0)
+    out, dq, dk, dv = _run(bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu([0, 0]),
+                           max_seqlen=0)
     assert out.shape == (0, 2, 32) and dq.shape == (0, 2, 32) and dk.shape == (0, 1, 32)
 
 
@@ -256,15 +260,16 @@ def test_property_random_shapes_and_masks(batch, seqlen, kv_heads, group, head_d
         q, k, v, do = _qkv((sum(lengths), heads, head_dim), kv_heads, torch.float32, seed=seqlen)
         _compare(q, k, v, do, causal=causal, cu_seqlens=_cu(lengths), max_seqlen=max(lengths))
     else:
-        bits = data.draw(st.lists(st.booleans(), min_size=batch * seqlen, max_size=batch * seqlen), label="mask")
+        n = batch * seqlen
+        bits = data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="mask")
         mask = torch.tensor(bits, dtype=torch.bool, device=DEVICE).reshape(batch, seqlen)
         q, k, v, do = _qkv((batch, seqlen, heads, head_dim), kv_heads, torch.float32, seed=seqlen)
         _compare(q, k, v, do, causal=causal, attention_mask=mask)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # dispatch and bad input
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def test_cpu_without_interpreter_runs_reference(monkeypatch):
@@ -320,12 +325,13 @@ def _bad_inputs():
          ValueError, "non-decreasing"),
         ("cu-total", lambda: {**packed(), "cu_seqlens": _cu([2, 3])}, ValueError, "total_tokens"),
         ("cu-2d", lambda: {**packed(), "cu_seqlens": _cu([2, 4])[None]}, ValueError, "1-D"),
-        ("mask-and-cu", lambda: {**packed(), "attention_mask": torch.ones(1, 6, dtype=torch.bool, device=dev)},
+        ("mask-and-cu", lambda: {**packed(), "attention_mask": torch.ones(1, 6, dtype=torch.bool,
+                                                                          device=dev)},
          ValueError, "not both"),
         ("cu-without-max", lambda: {**packed(), "max_seqlen": None}, ValueError, "needs max_seqlen"),
         ("max-without-cu", lambda: padded(max_seqlen=6), ValueError, "without cu_seqlens"),
         ("max-too-small", lambda: {**packed(), "max_seqlen": 3}, ValueError, "max_seqlen = 3"),
-        ("max-not-int", lambda: {**packed(), "max_seqlen": 4.0}, TypeError, "max_seqlen must be a Python int"),
+        ("max-not-int", lambda: {**packed(), "max_seqlen": 4.0}, TypeError, "must be a Python int"),
         ("mask-shape", lambda: padded(attention_mask=torch.ones(2, 5, dtype=torch.bool, device=dev)),
          ValueError, "(batch, seqlen) = (2, 6)"),
         ("mask-float", lambda: padded(attention_mask=torch.ones(2, 6, device=dev)), TypeError, "bool or 0/1"),
@@ -359,9 +365,9 @@ def test_bad_input(build, exc, fragment, interpret, monkeypatch):
     assert fragment in str(info.value), f"message {str(info.value)!r} lacks {fragment!r}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # GPU only
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.gpu
@@ -384,10 +390,12 @@ def test_gpu_fp32_is_not_tf32():
 
 @pytest.mark.gpu
 def test_gpu_new_lengths_do_not_retune_or_recompile():
-    """After one warm call, new packed lengths (and max_seqlen) must reuse the tuned config and compiled kernel."""
+    """After one warm call, new packed lengths (and max_seqlen) must reuse the tuned config and compiled
+    kernel."""
     def call(lengths):
         q, k, v, do = _qkv((sum(lengths), 8, 64), 2, torch.bfloat16, seed=len(lengths))
-        _run(bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu(lengths), max_seqlen=max(lengths))
+        _run(bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu(lengths),
+             max_seqlen=max(lengths))
 
     def compiled():
         counts = []
