@@ -159,6 +159,24 @@ def test_empty_sequences_give_zeros(mode, normalize):
     assert (out == 0).all() and (grad == 0).all()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_sized_inputs(mode):
+    """seqlen 0, no sequence, one empty sequence and no token, dim 0: zeros of the right shape."""
+    cases = [
+        (torch.randn(2, 0, 16), {"attention_mask": torch.ones(2, 0, dtype=torch.bool)}, (2, 16)),
+        (torch.randn(0, 16), {"cu_seqlens": torch.tensor([0], dtype=torch.int32)}, (0, 16)),
+        (torch.randn(0, 16), {"cu_seqlens": torch.tensor([0, 0], dtype=torch.int32)}, (1, 16)),
+        (torch.randn(5, 0), {"cu_seqlens": torch.tensor([0, 5], dtype=torch.int32)}, (1, 0)),
+    ]
+    for hidden, kwargs, shape in cases:
+        hidden = hidden.to(DEVICE).requires_grad_()
+        kwargs = {k: v.to(DEVICE) for k, v in kwargs.items()}
+        out = pool(hidden, mode=mode, normalize=True, **kwargs)
+        assert tuple(out.shape) == shape and (out == 0).all()
+        out.sum().backward()
+        assert hidden.grad.shape == hidden.shape
+
+
 def test_last_and_first_pick_the_right_rows_and_grad_only_there():
     """Independent of the reference: last/first gradients are non-zero on exactly the selected row."""
     hidden = torch.randn(2, 6, 64, device=DEVICE, requires_grad=True)
