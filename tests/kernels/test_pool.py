@@ -284,7 +284,7 @@ def test_gpu_matches_reference(mode, layout, normalize, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES)
-def test_gpu_empty_and_packed_equals_padded_bf16(mode):
+def test_gpu_empty_sequences_bf16(mode):
     hidden = torch.randn(300, 576, device="cuda", dtype=torch.bfloat16)
     cu = torch.tensor([0, 0, 100, 100, 300, 300], dtype=torch.int32, device="cuda")
     out, grad = _check(hidden, {"cu_seqlens": cu}, mode, normalize=True)
