@@ -124,13 +124,15 @@ def pool(
     count = keep.sum(dim=1)  # (B,)
     if mode == "mean":
         out = (h * keep[..., None]).sum(dim=1) / count.clamp_min(1)[:, None]
+    elif mode in ("last", "first") and seqlen == 0:
+        out = h.new_zeros(batch, h.shape[-1])
     elif mode in ("last", "first"):
         positions = torch.arange(seqlen, device=h.device).expand(batch, seqlen)
         if mode == "last":
             idx = torch.where(keep, positions, -1).amax(dim=1).clamp_min(0)
         else:
             idx = torch.where(keep, positions, seqlen).amin(dim=1).clamp_max(max(seqlen - 1, 0))
-        out = h[torch.arange(batch, device=h.device), idx] if seqlen > 0 else h.new_zeros(batch, h.shape[-1])
+        out = h[torch.arange(batch, device=h.device), idx]
         out = out * (count > 0)[:, None]
     else:
         raise ValueError(f"unknown pooling mode {mode!r}; valid modes are {', '.join(POOL_MODES)}")
