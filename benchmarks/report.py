@@ -26,13 +26,13 @@ from pathlib import Path
 
 TIMING_KEYS = ("median_ms", "p20_ms", "p80_ms")
 RESERVED_KEYS = {"module", "group", "impl", "skipped", "note", "error", *TIMING_KEYS}
-METRICS = {  # known metric keys: column header and format, in column order; other numeric keys follow
-    "tflops": ("TFLOP/s", "{:.1f}"),
-    "tflops_padded": ("padded TFLOP/s", "{:.1f}"),
-    "gbps": ("GB/s", "{:.0f}"),
-    "tokens_per_s": ("tokens/s", "{:,.0f}"),
-    "roofline_frac": ("of roofline", "{:.0%}"),
-    "peak_mem_mb": ("peak MiB", "{:,.1f}"),
+METRICS = {  # known metric keys and their column headers, in column order; other numeric keys follow
+    "tflops": "TFLOP/s",
+    "tflops_padded": "padded TFLOP/s",
+    "gbps": "GB/s",
+    "tokens_per_s": "tokens/s",
+    "roofline_frac": "of roofline",
+    "peak_mem_mb": "peak MiB",
 }
 
 
@@ -112,8 +112,28 @@ def summary(results: dict) -> list[dict]:
 # Markdown
 
 
+def _num(value: float) -> str:
+    """Readable at any magnitude: 12,345 / 312.4 / 2.35 / 0.0042."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _ratio(value: float) -> str:
+    """Two decimals for ordinary ratios (1.50), no false zeros for extreme ones (0.0042, 2,437)."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
 def _ms(value: float) -> str:
-    return f"{value:.4g}" if value < 1000 else f"{value:,.0f}"
+    return _num(value)
+
+
+def _metric(key: str, value: float) -> str:
+    return f"{value:.0%}" if key == "roofline_frac" else _num(value)
 
 
 def _cell(text) -> str:
@@ -128,14 +148,14 @@ def _metric_keys(rows: list[dict]) -> list[str]:
 
 def _speedup_text(ratio: float) -> str:
     speedup = 1 / ratio
-    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{ratio:.2f}× slower"
+    return f"{_ratio(speedup)}× faster" if speedup >= 1 else f"{_ratio(ratio)}× slower"
 
 
 def group_table(rows: list[dict]) -> list[str]:
     """Markdown table lines for one group."""
     best = best_peer(rows)
     metrics = _metric_keys(rows)
-    header = ["impl", "median ms", "p20–p80 ms", *(METRICS.get(k, (k,))[0] for k in metrics),
+    header = ["impl", "median ms", "p20–p80 ms", *(METRICS.get(k, k) for k in metrics),
               "time ÷ fastest peer", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for row in rows:
@@ -146,16 +166,16 @@ def group_table(rows: list[dict]) -> list[str]:
             values = []
             for k in metrics:
                 v = row.get(k)
-                values.append("" if v is None else METRICS.get(k, ("", "{:.4g}"))[1].format(v))
+                values.append("" if v is None else _metric(k, v))
             ratio = ratio_to_best_peer(row, best)
             if ratio is None:
                 ratio_text = "no peer ran"
             elif row is best:
                 ratio_text = "1.00 (fastest peer)"
             elif is_bellm(row["impl"]):
-                ratio_text = f"**{ratio:.2f}** ({_speedup_text(ratio)})"
+                ratio_text = f"**{_ratio(ratio)}** ({_speedup_text(ratio)})"
             else:
-                ratio_text = f"{ratio:.2f}"
+                ratio_text = _ratio(ratio)
             cells = [impl, _ms(row["median_ms"]), f"{_ms(row['p20_ms'])}–{_ms(row['p80_ms'])}", *values,
                      ratio_text, _cell(row.get("note", ""))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -210,7 +230,8 @@ def render_markdown(results: dict, source: str = "results.json", charts: dict[st
             if s["peer"] is None:
                 tail = "no peer ran | | | "
             else:
-                tail = f"{s['peer']} | {_ms(s['peer_ms'])} | {s['ratio']:.2f} | **{s['speedup']:.2f}×**"
+                tail = (f"{s['peer']} | {_ms(s['peer_ms'])} | {_ratio(s['ratio'])} | "
+                        f"**{_ratio(s['speedup'])}×**")
             lines.append(f"| {s['module']} | {_cell(s['group'])}{impl} | {_ms(s['median_ms'])} | {tail} |")
     else:
         lines.append("No bellm row was timed.")
@@ -260,14 +281,16 @@ def write_charts(results: dict, charts_dir: str | os.PathLike) -> dict[str, Path
         ax.set_xscale("log")
         span = 1.5 * max(max(s, 1 / s) for s in speedups)
         ax.set_xlim(1 / span, span)
-        ax.set_xticks([2.0**k for k in range(-8, 9) if 1 / span <= 2.0**k <= span])
+        base = 2.0 if span <= 16 else 10.0
+        ax.set_xticks([base**k for k in range(-12, 13) if 1 / span <= base**k <= span])
         ax.minorticks_off()
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks(y, labels, fontsize=7)
         for yi, s in zip(y, speedups):
-            ax.annotate(f"{s:.2f}×", (s, yi), xytext=(3 if s >= 1 else -3, 0), textcoords="offset points",
-                        ha="left" if s >= 1 else "right", va="center", fontsize=7)
+            # label right of the bar's end, or right of the 1x line for slower bars (which grow leftwards)
+            ax.annotate(f"{_ratio(s)}×", (max(s, 1.0), yi), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=7)
         ax.set_xlabel("bellm speed-up over the fastest peer (fastest peer time ÷ bellm time; > 1 is faster)")
         ax.set_title(f"{module} — {gpu}{smoke_label}", fontsize=9)
         path = Path(charts_dir) / f"{module}.png"

@@ -118,8 +118,6 @@ def collect_module(name: str, smoke: bool) -> tuple[str, list[dict], str | None]
 
 def run_suite(names, smoke: bool, log=print) -> dict:
     """Collect every named module that exists; return the results document (not yet written)."""
-    from benchmarks._timing import environment
-
     rows, errors, modules = [], [], {}
     for name in names:
         t0 = time.perf_counter()
@@ -131,10 +129,15 @@ def run_suite(names, smoke: bool, log=print) -> dict:
         log(f"[benchmarks] {name}: {status}, {len(module_rows)} rows, {seconds:.1f}s"
             + (f" - {error}" if error else ""))
         rows.extend(module_rows)
-    env = environment()
-    env["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return {"schema": SCHEMA, "smoke": smoke, "environment": env, "modules": modules, "errors": errors,
-            "rows": rows}
+    return {"schema": SCHEMA, "smoke": smoke, "environment": suite_environment(), "modules": modules,
+            "errors": errors, "rows": rows}
+
+
+def suite_environment() -> dict:
+    """``_timing.environment()`` plus whether Triton ran in its interpreter."""
+    from benchmarks._timing import environment
+
+    return {**environment(), "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from benchmarks import run
-from benchmarks._timing import environment
 
 
 def _synchronize():
@@ -38,6 +37,6 @@ def test_module(name, benchmark, bench_smoke, bench_only):
     assert not problems, f"bench_{name}.collect() broke the row convention: {problems}"
     assert rows, f"bench_{name}.collect() returned no rows"
     benchmark.extra_info.update(
-        module=name, smoke=bench_smoke, environment=environment(),
+        module=name, smoke=bench_smoke, environment=run.suite_environment(),
         rows=[{"module": name, **run.jsonable(row)} for row in rows],
     )
