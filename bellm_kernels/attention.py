@@ -598,9 +598,18 @@ class _Layout:
         return (self.key_mask.stride(0), self.key_mask.stride(1)) if self.key_mask is not None else (0, 0)
 
 
+_MAX_GRID_Y = 65535
+
+
 def _make_layout(q: torch.Tensor, cu_seqlens, max_seqlen, key_mask) -> _Layout:
+    num_seqs = cu_seqlens.numel() - 1 if cu_seqlens is not None else q.shape[0]
+    if num_seqs > _MAX_GRID_Y:
+        # sequences map to the launch grid's second axis, which CUDA caps at 65535
+        raise ValueError(
+            f"{num_seqs} sequences in one call; the Triton kernels take at most {_MAX_GRID_Y}: split it"
+        )
     if cu_seqlens is not None:
-        return _Layout(True, cu_seqlens.numel() - 1, 0, int(max_seqlen), q.shape[0], cu_seqlens, None, None)
+        return _Layout(True, num_seqs, 0, int(max_seqlen), q.shape[0], cu_seqlens, None, None)
     batch, seqlen = q.shape[0], q.shape[1]
     if key_mask is None:
         return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, None, None)
