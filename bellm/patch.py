@@ -304,7 +304,7 @@ def _attention_modules(hf_model) -> list[torch.nn.Module]:
         )
     for m in found:
         try:
-            source = inspect.getsource(inspect.getmodule(type(m)))
+            source = inspect.getsource(inspect.unwrap(type(m).forward))
         except (OSError, TypeError):
             source = ""
         if "ALL_ATTENTION_FUNCTIONS" not in source:
