@@ -1,0 +1,514 @@
+"""``Encoder``: sentences in, embeddings out, through a (BeLLM-)patched decoder LLM on packed varlen batches.
+
+The hot path of one :meth:`Encoder.encode` call (see ``docs: architecture``)::
+
+    sentences -> prompt template -> tokenizer (once, no padding, truncating only the text part)
+      -> plan_batches (longest first, under a token budget) -> pack (input_ids (1, T), position_ids,
+      cu_seqlens)
+      -> patched model under inference_mode -> last hidden state (T, dim)
+      -> bellm_kernels.pool(mode, cu_seqlens, normalize fused) (n, dim) -> restore input order -> numpy /
+      tensor
+
+No padding token is ever computed. On CPU the model's attention runs through :mod:`bellm_kernels.reference`.
+
+Prompts are ``{text}`` templates. With ``pooling="last"`` the default is BeLLM's
+``The representative word for sentence {text} is:"`` (:data:`BELLM_PROMPT`): the last token is then always the
+closing ``"`` and its hidden state is the embedding. With other poolings the default is no prompt
+(``"{text}"``).
+``prompt=""`` or ``prompt="{text}"`` disables the prompt.
+
+Note (``findings.md`` #1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding equals
+the
+causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
+positions after the last layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bellm_kernels
+from bellm.packing import pack, plan_batches
+
+__all__ = ["Encoder", "BELLM_PROMPT", "POOLING_MODES", "default_max_tokens_per_batch"]
+
+BELLM_PROMPT = 'The representative word for sentence {text} is:"'
+POOLING_MODES = ("last", "mean", "first")
+ENCODER_CONFIG = "bellm_encoder.json"
+_PROGRESS_THRESHOLD = 1000  # show_progress_bar=None shows a bar from this many sentences on
+_ENCODE_KWARGS = (
+    "batch_size",
+    "max_tokens_per_batch",
+    "prompt",
+    "normalize_embeddings",
+    "convert_to_numpy",
+    "convert_to_tensor",
+    "show_progress_bar",
+    "device",
+)
+
+
+def default_max_tokens_per_batch(device: torch.device | str) -> int:
+    """Token budget of one packed micro-batch: 16384 on CUDA, 2048 on CPU (measured fastest on 2 cores)."""
+    return 16384 if torch.device(device).type == "cuda" else 2048
+
+
+def _check_pooling(pooling: str) -> str:
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"unknown pooling {pooling!r}; valid poolings are {', '.join(POOLING_MODES)}")
+    return pooling
+
+
+def _resolve_prompt(prompt: str | None, pooling: str) -> str:
+    """The prompt template to use: ``None`` gives BeLLM's for last pooling, no prompt otherwise."""
+    if prompt is None:
+        return BELLM_PROMPT if pooling == "last" else "{text}"
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str template containing {{text}}, got {type(prompt).__name__}")
+    if prompt == "":
+        return "{text}"
+    if prompt.count("{text}") != 1:
+        raise ValueError(
+            f"prompt {prompt!r} must contain the placeholder {{text}} exactly once, e.g. {BELLM_PROMPT!r}; "
+            'pass prompt="" for no prompt'
+        )
+    return prompt
+
+
+def _check_sentences(sentences) -> tuple[list[str], bool]:
+    """``(list of str, was_single_str)``; TypeError naming the first bad item."""
+    if sentences is None:
+        raise TypeError("sentences is None; pass a str or a list of str")
+    if isinstance(sentences, str):
+        return [sentences], True
+    if isinstance(sentences, (bytes, dict)) or not isinstance(sentences, (Sequence, np.ndarray)):
+        raise TypeError(f"sentences must be a str or a list of str, got {type(sentences).__name__}")
+    items = list(sentences)
+    for i, s in enumerate(items):
+        if not isinstance(s, str):
+            raise TypeError(
+                f"sentences[{i}] is {type(s).__name__} ({s!r:.60}), not str; every item must be a str"
+            )
+    return items, False
+
+
+def _num_layers(model) -> int:
+    config = getattr(model, "config", None)
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None and config is not None and hasattr(config, "get_text_config"):
+        n = getattr(config.get_text_config(), "num_hidden_layers", None)
+    if n is None:
+        raise ValueError(
+            f"cannot tell the number of layers of {type(model).__name__} (no config.num_hidden_layers)"
+        )
+    return int(n)
+
+
+def _saved_bellm_config(model) -> dict:
+    """The ``config.bellm`` record that :func:`bellm.patch` leaves on a model (empty dict when absent)."""
+    record = getattr(getattr(model, "config", None), "bellm", None)
+    if record is None:
+        return {}
+    if isinstance(record, dict):
+        return record
+    return dict(vars(record)) if hasattr(record, "__dict__") else {}
+
+
+def _apply_adapter(model, adapter: str | os.PathLike):
+    """Load a peft adapter onto ``model`` and merge it (inference only). Clear errors for missing /
+    mismatched ones."""
+    from peft import PeftConfig, PeftModel
+
+    path = Path(adapter)
+    if not path.exists():
+        raise FileNotFoundError(f"adapter path {str(path)!r} does not exist; pass a directory saved by peft")
+    try:
+        adapter_config = PeftConfig.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - re-raised with the path named
+        raise ValueError(
+            f"{str(path)!r} is not a peft adapter directory (no readable adapter_config.json): {err}"
+        ) from err
+    base = getattr(adapter_config, "base_model_name_or_path", None)
+    model_name = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"adapter {str(path)!r} does not fit this model: it was trained on base model {base!r}, "
+            f"the model loaded is {model_name!r} ({type(model).__name__}, "
+            f"hidden {getattr(model.config, 'hidden_size', '?')}). "
+            f"Load the adapter's base model. Original error: {str(err).splitlines()[0][:300]}"
+        ) from err
+    return peft_model.merge_and_unload()
+
+
+class Encoder:
+    """A decoder LLM wrapped as a sentence encoder (sentence-transformers-like :meth:`encode`).
+
+    ``Encoder(model, tokenizer, ...)`` wraps objects already in memory; :meth:`from_pretrained` loads them.
+    The model
+    is :func:`bellm.patch`-ed in place so it accepts packed batches: with ``from_layer=k`` layers ``>= k``
+    become
+    bidirectional; ``from_layer=None`` keeps a record the model already carries (``config.bellm``), else
+    patches
+    with ``from_layer=num_layers`` (all layers causal, but on bellm's packed attention path).
+
+    Args:
+        pooling: ``"last"`` (default; BeLLM), ``"mean"`` or ``"first"``.
+        prompt: a ``{text}`` template, see the module docstring for the default; ``""`` disables it.
+        max_length: tokens per sentence, prompt and special tokens included (default: the model's
+            ``max_position_embeddings``). Longer inputs lose tokens from the end of the *text* part only, so
+            the
+            prompt's tail (the pooled last token) survives; one warning says how many were truncated.
+        exclude_prompt: pool only over the text's tokens (meaningful for mean pooling), not the prompt's.
+        max_tokens_per_batch: default token budget of one packed micro-batch
+        (:func:`default_max_tokens_per_batch`).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        from_layer: int | None = None,
+        pooling: str = "last",
+        prompt: str | None = None,
+        max_length: int | None = None,
+        billm_compat: bool = False,
+        exclude_prompt: bool = False,
+        max_tokens_per_batch: int | None = None,
+    ):
+        from bellm.patch import patch
+
+        self.pooling = _check_pooling(pooling)
+        self.prompt = _resolve_prompt(prompt, pooling)
+        self.exclude_prompt = bool(exclude_prompt)
+        self.tokenizer = tokenizer
+        self.num_layers = _num_layers(model)
+        saved = _saved_bellm_config(model)
+        if from_layer is None:
+            from_layer = saved.get("from_layer", self.num_layers)
+            billm_compat = bool(saved.get("billm_compat", billm_compat))
+        self.model = patch(model, from_layer=from_layer, billm_compat=billm_compat).eval()
+        self.from_layer = from_layer if from_layer >= 0 else self.num_layers + from_layer
+        self.billm_compat = billm_compat
+        if max_length is None:
+            max_length = getattr(model.config, "max_position_embeddings", None) or 8192
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.max_length = int(max_length)
+        self.max_tokens_per_batch = max_tokens_per_batch
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | os.PathLike | None = None,
+        *,
+        from_layer: int | None = None,
+        adapter: str | os.PathLike | None = None,
+        pooling: str = "last",
+        prompt: str | None = None,
+        dtype=None,
+        device=None,
+        max_length: int | None = None,
+        billm_compat: bool = False,
+        gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+        exclude_prompt: bool = False,
+        max_tokens_per_batch: int | None = None,
+    ) -> Encoder:
+        """Load a local transformers model (or a ``.gguf``; ``None`` = the real SmolLM2-135M) as an Encoder.
+
+        ``adapter``: a peft adapter directory, loaded and merged; a missing path raises FileNotFoundError,
+        one made
+        for another base model raises ValueError naming both. A directory saved by :meth:`save_pretrained`
+        restores
+        its pooling/prompt/from_layer unless given here. Nothing is downloaded; ``trust_remote_code`` stays
+        off
+        unless passed.
+        """
+        from bellm.models import load_model_and_tokenizer
+
+        _check_pooling(pooling)
+        saved = {}
+        if model_name_or_path is not None and (Path(model_name_or_path) / ENCODER_CONFIG).is_file():
+            saved = json.loads((Path(model_name_or_path) / ENCODER_CONFIG).read_text())
+        model, tokenizer = load_model_and_tokenizer(
+            model_name_or_path,
+            gguf_file=gguf_file,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+        )
+        if adapter is not None:
+            model = _apply_adapter(model, adapter)
+        if saved:
+            from_layer = saved.get("from_layer") if from_layer is None else from_layer
+            billm_compat = billm_compat or saved.get("billm_compat", False)
+            if pooling == "last" and prompt is None:  # the call left both at their defaults
+                pooling, prompt = saved.get("pooling", pooling), saved.get("prompt")
+            max_length = max_length or saved.get("max_length")
+            exclude_prompt = exclude_prompt or saved.get("exclude_prompt", False)
+        return cls(
+            model,
+            tokenizer,
+            from_layer=from_layer,
+            pooling=pooling,
+            prompt=prompt,
+            max_length=max_length,
+            billm_compat=billm_compat,
+            exclude_prompt=exclude_prompt,
+            max_tokens_per_batch=max_tokens_per_batch,
+        )
+
+    def config_dict(self) -> dict:
+        """The settings that :meth:`save_pretrained` writes (and :meth:`from_pretrained` restores)."""
+        return {
+            "from_layer": self.from_layer,
+            "pooling": self.pooling,
+            "prompt": self.prompt,
+            "max_length": self.max_length,
+            "billm_compat": self.billm_compat,
+            "exclude_prompt": self.exclude_prompt,
+        }
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the model (safetensors), tokenizer and ``bellm_encoder.json`` to ``path``."""
+        from bellm._io import atomic_write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        atomic_write_json(path / ENCODER_CONFIG, self.config_dict())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def to(self, device) -> Encoder:
+        self.model.to(device)
+        return self
+
+    # ------------------------------------------------------------------ tokenization
+    def tokenize(
+        self, sentences: Sequence[str], prompt: str | None = None
+    ) -> tuple[list[list[int]], list, int]:
+        """Tokenize prompted sentences once (special tokens as the tokenizer adds them, no padding).
+
+        Returns ``(token_ids, text_masks, num_truncated)``: ``text_masks[i]`` marks the tokens of sentence i
+        that
+        come from the text itself (not the prompt or special tokens), or is None when the tokenizer gives no
+        offsets. Sequences over ``max_length`` lose text tokens from the end of the text; ValueError when the
+        prompt
+        and special tokens alone exceed ``max_length``.
+        """
+        template = self.prompt if prompt is None else _resolve_prompt(prompt, self.pooling)
+        head, tail = template.split("{text}")
+        texts = [head + s + tail for s in sentences]
+        if not texts:
+            return [], [], 0
+        try:
+            enc = self.tokenizer(
+                texts,
+                add_special_tokens=True,
+                padding=False,
+                truncation=False,
+                return_offsets_mapping=True,
+                verbose=False,
+            )
+            offsets = enc["offset_mapping"]
+        except NotImplementedError:  # a slow (Python) tokenizer has no offsets
+            enc = self.tokenizer(
+                texts, add_special_tokens=True, padding=False, truncation=False, verbose=False
+            )
+            offsets = None
+        ids_all = [list(ids) for ids in enc["input_ids"]]
+        masks: list = []
+        num_truncated = 0
+        n_tail = None
+        for i, ids in enumerate(ids_all):
+            if offsets is not None:
+                start, stop = len(head), len(head) + len(sentences[i])
+                mask = [e > s and s < stop and e > start for s, e in offsets[i]]
+            else:
+                mask = None
+            if len(ids) > self.max_length:
+                num_truncated += 1
+                n_drop = len(ids) - self.max_length
+                if mask is not None:
+                    text_pos = [p for p, m in enumerate(mask) if m]
+                    if n_drop > len(text_pos):
+                        raise ValueError(self._prompt_too_long(len(ids) - len(text_pos)))
+                    drop = set(text_pos[len(text_pos) - n_drop :])
+                    ids = [t for p, t in enumerate(ids) if p not in drop]
+                    mask = [m for p, m in enumerate(mask) if p not in drop]
+                else:  # no offsets: keep the tail as long as the prompt's tail tokenized alone (+ specials)
+                    if n_tail is None:
+                        n_tail = len(self.tokenizer(tail, add_special_tokens=False)["input_ids"]) + max(
+                            0, len(self.tokenizer("", add_special_tokens=True)["input_ids"]) - 1
+                        )
+                    if n_tail >= self.max_length:
+                        raise ValueError(self._prompt_too_long(n_tail))
+                    ids = ids[: self.max_length - n_tail] + ids[len(ids) - n_tail :]
+                ids_all[i] = ids
+            masks.append(mask)
+        return ids_all, masks, num_truncated
+
+    def _prompt_too_long(self, n_prompt: int) -> str:
+        return (
+            f"max_length={self.max_length} leaves no room for the text: the prompt and special tokens "
+            f"alone take {n_prompt} tokens; raise max_length or shorten the prompt"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def _hidden(self, batch) -> torch.Tensor:
+        """Last hidden state ``(T, dim)`` of one packed batch."""
+        out = self.model(**batch.model_kwargs(), use_cache=False)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:
+            out = self.model(**batch.model_kwargs(), use_cache=False, output_hidden_states=True)
+            hidden = out.hidden_states[-1]
+        return hidden[0]
+
+    def _encode(
+        self,
+        sentences: list[str],
+        *,
+        batch_size=None,
+        max_tokens_per_batch=None,
+        prompt=None,
+        normalize=False,
+        progress=False,
+    ) -> tuple[torch.Tensor, int]:
+        """Embeddings ``(n, dim)`` float32 on the model's device in input order, and the number of tokens
+        run."""
+        ids, masks, num_truncated = self.tokenize(sentences, prompt)
+        if num_truncated:
+            warnings.warn(
+                f"{num_truncated} of {len(ids)} sentences were longer than max_length={self.max_length} "
+                "tokens and were truncated (the end of the text dropped, the prompt kept)",
+                stacklevel=3,
+            )
+        device = self.device
+        budget = max_tokens_per_batch or self.max_tokens_per_batch or default_max_tokens_per_batch(device)
+        out = torch.zeros(len(ids), self.dim, dtype=torch.float32, device=device)
+        nonempty = [
+            i for i, t in enumerate(ids) if t
+        ]  # a zero-token input (empty text, no prompt) stays zero
+        lengths = [len(ids[i]) for i in nonempty]
+        total = sum(lengths)
+        use_mask = self.exclude_prompt and all(masks[i] is not None for i in nonempty)
+        if self.exclude_prompt and not use_mask:
+            raise ValueError(
+                "exclude_prompt=True needs a fast tokenizer (offsets); this tokenizer gives none"
+            )
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="encode") as bar:
+            for local in plan_batches(lengths, budget, batch_size):
+                rows = [nonempty[j] for j in local]
+                # Built outside inference_mode: the kernels cache checks on cu_seqlens by tensor version,
+                # which
+                # inference tensors do not have.
+                batch = pack(ids, rows).to(device)
+                pool_mask = None
+                if use_mask:
+                    pool_mask = torch.tensor(
+                        [m for r in rows for m in masks[r]], dtype=torch.bool, device=device
+                    )
+                with torch.inference_mode():
+                    hidden = self._hidden(batch)
+                    pooled = bellm_kernels.pool(
+                        hidden,
+                        mode=self.pooling,
+                        cu_seqlens=batch.cu_seqlens,
+                        normalize=normalize,
+                        pool_mask=pool_mask,
+                    )
+                out[torch.tensor(rows, device=device)] = pooled.float()
+                bar.update(batch.num_tokens)
+        return out, total
+
+    def encode(
+        self,
+        sentences,
+        *,
+        batch_size: int | None = None,
+        max_tokens_per_batch: int | None = None,
+        prompt: str | None = None,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        device=None,
+        **kwargs,
+    ):
+        """Embed ``sentences`` (sentence-transformers' contract).
+
+        A str gives a 1-D ``(dim,)`` result, a list gives ``(n, dim)`` rows in input order (``[]`` gives
+        ``(0, dim)``). float32 numpy by default; ``convert_to_tensor`` gives a torch tensor on the model's
+        device;
+        both False gives a list of 1-D tensors. Batching (``batch_size`` sentences at most and
+        ``max_tokens_per_batch`` tokens per packed batch) never changes the embeddings. ``prompt`` overrides
+        the
+        encoder's template for this call (``""`` = none). ``normalize_embeddings`` L2-normalises inside the
+        pooling
+        kernel. ``device`` moves the model first. Raises TypeError for None / non-str items (naming the
+        index) and
+        unknown keyword arguments (listing the valid ones).
+        """
+        if kwargs:
+            raise TypeError(
+                f"encode() got unexpected keyword argument(s) {', '.join(sorted(kwargs))}; "
+                f"valid ones are: {', '.join(_ENCODE_KWARGS)}"
+            )
+        items, single = _check_sentences(sentences)
+        if device is not None and torch.device(device) != self.device:
+            self.to(device)
+        if show_progress_bar is None:
+            show_progress_bar = len(items) >= _PROGRESS_THRESHOLD
+        emb, _ = self._encode(
+            items,
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            prompt=prompt,
+            normalize=normalize_embeddings,
+            progress=show_progress_bar,
+        )
+        if convert_to_tensor:
+            return emb[0] if single else emb
+        if convert_to_numpy:
+            arr = emb.cpu().numpy()
+            return arr[0] if single else arr
+        return emb[0] if single else list(emb)
+
+    def encode_with_stats(self, sentences: list[str], **kwargs) -> tuple[torch.Tensor, dict]:
+        """``(embeddings (n, dim) float32 tensor, {"tokens", "seconds"})``: for progress reporting (corpus
+        encode)."""
+        items, _ = _check_sentences(sentences)
+        t0 = time.perf_counter()
+        emb, tokens = self._encode(items, **kwargs)
+        if emb.is_cuda:
+            torch.cuda.synchronize()
+        return emb, {"tokens": tokens, "seconds": time.perf_counter() - t0}
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({type(self.model).__name__}, from_layer={self.from_layer}/{self.num_layers}, "
+            f"pooling={self.pooling!r}, prompt={self.prompt!r}, max_length={self.max_length})"
+        )
