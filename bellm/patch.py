@@ -51,7 +51,6 @@ _STATE_ATTR = "_bellm_original"  # on the transformers model: what unpatch resto
 _PADS_VISIBLE_ATTR = "_bellm_pads_visible"  # on bidirectional attention modules under billm_compat
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _SUPPORTED_DEVICES = ("cpu", "cuda")
-_MISSING = object()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -337,13 +336,11 @@ def _check_dtype_device(hf_model) -> None:
         )
 
 
-def _bellm_extra_repr(module: torch.nn.Module, original: Callable[[], str]) -> Callable[[], str]:
-    def extra_repr() -> str:
-        base = original()
-        mode = "causal" if module.is_causal else "bidirectional"
-        return f"{base}, bellm={mode}" if base else f"bellm={mode}"
-
-    return extra_repr
+def _bellm_extra_repr(self: torch.nn.Module) -> str:
+    """Bound to each attention module while patched, so ``print(model)`` shows the layer's mode."""
+    base = type(self).extra_repr(self)
+    mode = "causal" if self.is_causal else "bidirectional"
+    return f"{base}, bellm={mode}" if base else f"bellm={mode}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,7 +417,8 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
             )
     _check_dtype_device(hf_model)
 
-    if getattr(hf_model, _STATE_ATTR, None) is None:
+    state = getattr(hf_model, _STATE_ATTR, None)
+    if state is None:
         current = config._attn_implementation
         if not _is_builtin(current):
             raise ValueError(
@@ -430,18 +428,20 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
         state = {
             "attn_implementation": current,
             "is_causal": [m.is_causal for m in modules],
-            "extra_repr": [m.__dict__.get("extra_repr", _MISSING) for m in modules],
-            "config": config.__dict__.get(_CONFIG_KEY, _MISSING),
+            "extra_repr": [m.__dict__.get("extra_repr") for m in modules],
+            "config": (_CONFIG_KEY in config.__dict__, config.__dict__.get(_CONFIG_KEY)),
         }
+    if config._attn_implementation != ATTN_IMPLEMENTATION:  # first patch, or switched away since
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
         if config._attn_implementation != ATTN_IMPLEMENTATION:
             raise NotImplementedError(
                 f"{type(hf_model).__name__} refused set_attn_implementation({ATTN_IMPLEMENTATION!r}) (it "
                 f"stayed on {config._attn_implementation!r}); bellm cannot patch it"
             )
+    if getattr(hf_model, _STATE_ATTR, None) is None:
         setattr(hf_model, _STATE_ATTR, state)
         for m in modules:
-            m.extra_repr = _bellm_extra_repr(m, type(m).extra_repr.__get__(m))
+            m.extra_repr = types.MethodType(_bellm_extra_repr, m)  # deepcopy rebinds it to the copy
 
     for m in modules:
         m.is_causal = m.layer_idx < k
@@ -470,11 +470,12 @@ def unpatch(model):
         m.is_causal = flag
         m.__dict__.pop(_PADS_VISIBLE_ATTR, None)
         m.__dict__.pop("extra_repr", None)
-        if repr_fn is not _MISSING:
+        if repr_fn is not None:
             m.extra_repr = repr_fn
     hf_model.config.__dict__.pop(_CONFIG_KEY, None)
-    if state["config"] is not _MISSING:
-        setattr(hf_model.config, _CONFIG_KEY, state["config"])
+    had_setting, setting = state["config"]
+    if had_setting:
+        setattr(hf_model.config, _CONFIG_KEY, setting)
     delattr(hf_model, _STATE_ATTR)
     return model
 

@@ -505,3 +505,23 @@ def test_bellm_patch_is_callable_as_module_and_function(fresh):
     assert callable(bellm.patch) and callable(module)
     module(fresh, from_layer=2)
     assert fresh.config.bellm["from_layer"] == 2
+
+
+def test_device_refused():
+    model = tiny_model("llama", num_layers=2).to("meta")
+    with pytest.raises(ValueError, match="device meta"):
+        bellm.patch(model, from_layer=1)
+
+
+def test_deepcopy_of_patched_model_and_repatch_after_switching_away(llama, fresh):
+    bellm.patch(fresh, from_layer=1)
+    twin = copy.deepcopy(fresh)
+    bellm.patch(twin, from_layer=0)
+    assert "bellm=causal" in repr(fresh.layers[0].self_attn)  # the copy's repr follows the copy's flags
+    assert "bellm=bidirectional" in repr(twin.layers[0].self_attn)
+    fresh.set_attn_implementation("sdpa")  # switched away behind bellm's back: re-patching switches back
+    bellm.patch(fresh, from_layer=1)
+    assert fresh.config._attn_implementation == "bellm"
+    bellm.unpatch(fresh)
+    assert fresh.config._attn_implementation == "eager" and repr(fresh) == repr(llama)
+    assert [layer.self_attn.is_causal for layer in fresh.layers] == [True] * N_LAYERS
