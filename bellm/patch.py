@@ -184,8 +184,8 @@ def bellm_attention_forward(
                 f"{'with padding' if attention_mask is not None else 'None'}"
             )
         max_len = kwargs.get("max_length_k", kwargs.get("max_length_q"))
-        max_len = int(max_len) if max_len is not None else None
-        _check_sliding_window(module, window, max_len if max_len is not None else kv_len)
+        max_len = int(max_len) if max_len is not None else int((cu_q[1:] - cu_q[:-1]).max())
+        _check_sliding_window(module, window, max_len)
         out = bellm_kernels.attention(
             q[0], k[0], v[0], causal=causal, cu_seqlens=cu_q, max_seqlen=max_len, scale=scale
         )
