@@ -1,0 +1,695 @@
+"""BeLLM training: a patched LLM + LoRA (peft) + the AnglE loss, through the packed path and fused kernels.
+
+``bellm.train(TrainConfig(...))`` or ``bellm train --data triplets.tsv.gz --output runs/x --from-layer -4``.
+
+One micro-batch = ``batch_size`` examples per process. Every text is prompted (``BELLM_PROMPT``), tokenized
+once at start-up (text truncated so the prompt's closing ``"`` stays last, see
+:func:`bellm.train_data.prompt_token_ids`), and the anchors, positives and negatives of a micro-batch run as
+**one packed varlen forward** (no padding) through the model patched by :func:`bellm.patch.patch`; embeddings
+are ``bellm_kernels.pool(mode="last")`` (with its backward). AdamW, warmup + linear/cosine decay
+(transformers' schedulers), gradient accumulation, bf16 autocast on CUDA, optional gradient checkpointing and
+4-bit loading (bitsandbytes, CUDA only).
+
+Output directory::
+
+    adapter_model.safetensors, adapter_config.json   the final LoRA adapter (peft save_pretrained)
+    bellm_encoder.json                               from_layer, pooling, prompt, max_length for bellm.Encoder
+    run_config.json                                  the TrainConfig of the run (resume checks it)
+    train_log.jsonl                                  one line per logged step / evaluation
+    best/                                            the adapter with the best STS-B dev Spearman (with eval)
+    checkpoints/step-N/, checkpoints/latest          adapter + trainer_state.pt (optimizer, scheduler,
+                                                     RNG states, step)
+
+Resume is exact: the data order is a function of ``(seed, epoch)`` and the position is the optimizer step, the
+RNG states are restored, and ``trainer_state.pt`` loads with ``torch.load(weights_only=True)``. A run killed
+with SIGKILL and resumed reproduces the uninterrupted run's losses and final adapter (bitwise on CPU).
+Checkpoints are written to a temporary directory and renamed; ``checkpoints/latest`` is replaced atomically
+after the rename.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP and the embeddings of every
+rank are gathered with ``torch.distributed.nn.functional.all_gather`` (which keeps gradients), so the in-batch
+negative pool is the global batch and the step equals one process with ``batch_size * world_size`` examples.
+For models that do not fit one GPU even with LoRA (and 4-bit), shard with FSDP (``accelerate launch
+--use_fsdp`` with ``fsdp_use_orig_params=True`` so peft's frozen/trainable mix works,
+``auto_wrap_policy=TRANSFORMER_BASED_WRAP``); the loss and the gather are unchanged, but this trainer wraps in
+DDP only — FSDP is not tested here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bellm.losses import AnglELoss
+from bellm.train_data import BELLM_PROMPT, TrainData, prompt_token_ids, read_train_data
+
+__all__ = ["TrainConfig", "train", "batch_loss", "embed_packed", "add_cli_arguments", "cli_main"]
+
+ENCODER_CONFIG = "bellm_encoder.json"  # the file name bellm.encoder.Encoder reads
+RUN_CONFIG = "run_config.json"
+LOG_FILE = "train_log.jsonl"
+STATE_FILE = "trainer_state.pt"
+OWNED = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "README.md",
+    ENCODER_CONFIG,
+    RUN_CONFIG,
+    LOG_FILE,
+    "best",
+    "checkpoints",
+)
+# fields that may change between a run and its resume without changing the result
+RESUME_FREE = {"resume", "overwrite", "progress", "save_steps", "save_total_limit", "device"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. ``batch_size`` is examples per micro-batch per process; one optimizer step sees
+    ``batch_size * grad_accum * world_size`` examples. ``max_steps`` (optimizer steps) overrides
+    ``epochs``."""
+
+    data: str
+    output_dir: str
+    model: str | None = None  # local dir or .gguf; None = the real SmolLM2-135M GGUF
+    gguf_file: str | None = None
+    from_layer: int = -1  # layers >= k bidirectional; negative counts from the end
+    prompt: str = BELLM_PROMPT
+    max_length: int = 60  # tokens per prompted text, prompt included (the paper's 60)
+    data_kind: str = "auto"  # "triplets" | "pairs" | "auto"
+    max_examples: int | None = None
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.1
+    cosine_w: float = 0.0
+    ibn_w: float = 20.0
+    angle_w: float = 1.0
+    cosine_tau: float = 20.0
+    ibn_tau: float = 20.0
+    angle_tau: float = 20.0
+    batch_size: int = 32
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 80
+    scheduler: str = "linear"  # "linear" | "cosine" | "constant"
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    dtype: str | None = None  # None: bf16 weights on CUDA, fp32 on CPU
+    load_in_4bit: bool = False
+    bf16_autocast: bool = True  # on CUDA only
+    gradient_checkpointing: bool = False
+    device: str | None = None
+    eval_data: str | None = None  # scored pairs (e.g. STS-B dev); Spearman of cosine every eval_steps
+    eval_steps: int = 0
+    eval_max_pairs: int | None = None
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------- forward + loss
+
+
+def embed_packed(model, token_ids: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Embeddings ``(len(token_ids), dim)`` of one packed forward (no padding): last-token pooling through
+    ``bellm_kernels.pool`` on the last hidden state ``(total_tokens, dim)``."""
+    import bellm_kernels
+    from bellm.packing import pack
+
+    batch = pack(token_ids).to(device)
+    out = model(**batch.model_kwargs(), use_cache=False)
+    hidden = out.last_hidden_state[0]
+    return bellm_kernels.pool(hidden, mode="last", cu_seqlens=batch.cu_seqlens)
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x`` concatenated in rank order, gradients flowing back to each rank's own part."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def batch_loss(
+    model,
+    loss_fn: AnglELoss,
+    columns: list[list[list[int]]],
+    scores: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """AnglE loss of one micro-batch: ``columns`` = [anchors, positives(, negatives)], each a list of token-id
+    lists of one length ``n``; all texts go through one packed forward. Returns ``(loss, num_tokens)``; under
+    torch.distributed the loss is over the batch gathered from every rank (identical on all ranks)."""
+    n = len(columns[0])
+    flat = [ids for col in columns for ids in col]
+    emb = embed_packed(model, flat, device).float()
+    parts = [_gather(emb[i * n : (i + 1) * n]) for i in range(len(columns))]
+    if scores is not None:
+        loss = loss_fn(parts[0], parts[1], scores=_gather(scores.to(device)))
+    else:
+        loss = loss_fn(*parts)
+    return loss, sum(len(ids) for ids in flat)
+
+
+# ---------------------------------------------------------------------------- model set-up
+
+
+def _lora_targets(model) -> list[str]:
+    """Names of every ``nn.Linear`` (and bitsandbytes 4-bit linear) except the LM head."""
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Linear4bit":
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in ("lm_head", "score", "classifier"):
+                names.add(leaf)
+    return sorted(names)
+
+
+def build_model(config: TrainConfig, device: torch.device):
+    """Load, patch and wrap the model with LoRA; returns ``(peft_model, tokenizer, num_layers)``."""
+    from peft import LoraConfig, get_peft_model
+
+    from bellm.models import load_model_and_tokenizer
+    from bellm.patch import patch
+
+    if config.load_in_4bit:
+        model, tokenizer = _load_4bit(config, device)
+    else:
+        model, tokenizer = load_model_and_tokenizer(
+            config.model, gguf_file=config.gguf_file, dtype=config.dtype, device=device
+        )
+    num_layers = int(model.config.get_text_config().num_hidden_layers)
+    if not -num_layers <= config.from_layer <= num_layers:
+        raise ValueError(
+            f"from_layer = {config.from_layer} is out of range for this {num_layers}-layer model; use "
+            f"0..{num_layers} or -{num_layers}..-1 (counted from the end)"
+        )
+    model = patch(model, from_layer=config.from_layer)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(config.seed)  # LoRA initialisation
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=_lora_targets(model),
+        bias="none",
+    )
+    peft_model = get_peft_model(model, lora)
+    peft_model.train()
+    return peft_model, tokenizer, num_layers
+
+
+def _load_4bit(config: TrainConfig, device: torch.device):
+    if device.type != "cuda":
+        raise RuntimeError("load_in_4bit needs CUDA (bitsandbytes 4-bit kernels); drop --load-in-4bit on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "load_in_4bit needs bitsandbytes: pip install 'bellm[bnb]' (or bitsandbytes)"
+        ) from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig
+
+    from bellm.models import default_model
+
+    path, gguf = default_model() if config.model is None else (config.model, config.gguf_file)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    kw = dict(local_files_only=True, **({"gguf_file": gguf} if gguf else {}))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+    model = AutoModel.from_pretrained(
+        str(path), quantization_config=quant, device_map={"": device.index or 0}, **kw
+    )
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=config.gradient_checkpointing
+    ), tokenizer
+
+
+# ---------------------------------------------------------------------------- data order
+
+
+class DataOrder:
+    """Deterministic example order: epoch ``e`` is ``randperm(N, seed + e)``; global micro-batch ``g``
+    (counted
+    over all epochs) is a slice of ``batch_size * world`` examples of it; a rank takes its ``batch_size``
+    part.
+    The incomplete last slice of an epoch is dropped."""
+
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int):
+        self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
+        self.global_batch = batch_size * world
+        self.per_epoch = n // self.global_batch
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def indices(self, micro: int) -> list[int]:
+        epoch, g = divmod(micro, self.per_epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            self._cache = (epoch, torch.randperm(self.n, generator=gen))
+        start = g * self.global_batch + self.rank * self.batch_size
+        return self._cache[1][start : start + self.batch_size].tolist()
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _prepare_output(config: TrainConfig, rank: int) -> Path | None:
+    """Check/clean the output dir; returns the checkpoint dir to resume from (or None)."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {str(out)!r} is a file; pass a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    latest = out / "checkpoints" / "latest"
+    if entries and not (config.resume or config.overwrite):
+        raise FileExistsError(
+            f"output dir {str(out)!r} is not empty (holds {', '.join(entries[:6])}"
+            f"{', ...' if len(entries) > 6 else ''})"
+            "; pass --resume to continue that run or --overwrite to replace it, or choose another --output"
+        )
+    if config.resume and latest.is_file():
+        saved = json.loads((out / RUN_CONFIG).read_text())
+        now = dataclasses.asdict(config)
+        diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"--resume with a different configuration than the run in {str(out)!r}: {detail}"
+            )
+        return out / "checkpoints" / latest.read_text().strip()
+    if config.overwrite and entries and rank == 0:
+        foreign = [e for e in entries if e not in OWNED and not e.startswith(".")]
+        for name in OWNED:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        if foreign:
+            print(
+                f"bellm train: --overwrite left files it does not own in {out}: {', '.join(foreign)}",
+                file=sys.stderr,
+            )
+    return None
+
+
+def _save_adapter_files(model, target: Path, extra: dict[str, bytes] | None = None) -> None:
+    """Write the adapter (and ``extra`` files) into a temp dir beside ``target``, then rename it onto
+    ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        for name, data in (extra or {}).items():
+            (tmp / name).write_bytes(data)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _encoder_config(config: TrainConfig, num_layers: int) -> dict:
+    k = config.from_layer + num_layers if config.from_layer < 0 else config.from_layer
+    return {
+        "from_layer": k,
+        "pooling": "last",
+        "prompt": config.prompt,
+        "max_length": config.max_length,
+        "billm_compat": False,
+        "exclude_prompt": False,
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _read_log(path: Path, upto_step: int) -> list[str]:
+    lines = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+            if row.get("step", 0) <= upto_step:
+                lines.append(json.dumps(row))
+    return lines
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_spearman(
+    model, pairs: list[list[list[int]]], scores: list[float], device: torch.device, max_tokens: int = 4096
+) -> float:
+    """Spearman (scipy) of the cosine of each pair's embeddings against ``scores``, packed forwards in eval
+    mode."""
+    from scipy.stats import spearmanr
+
+    from bellm.packing import plan_batches
+
+    was_training = model.training
+    model.eval()
+    flat = pairs[0] + pairs[1]
+    out = []
+    for idx in plan_batches([len(t) for t in flat], max_tokens):
+        out.append((idx, embed_packed(model, [flat[i] for i in idx], device).float().cpu()))
+    emb = torch.empty(len(flat), out[0][1].shape[1])
+    for idx, e in out:
+        emb[idx] = e
+    n = len(pairs[0])
+    cos = torch.nn.functional.cosine_similarity(emb[:n], emb[n:], dim=-1)
+    model.train(was_training)
+    return float(spearmanr(cos.numpy(), scores).statistic)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _schedule(name: str, optimizer, warmup: int, total: int):
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    if name == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+    if name == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if name == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    raise ValueError(f"scheduler must be 'linear', 'cosine' or 'constant', got {name!r}")
+
+
+def _check_config(config: TrainConfig) -> None:
+    for name in ("batch_size", "grad_accum", "epochs", "max_length", "lora_r", "logging_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
+    if config.resume and config.overwrite:
+        raise ValueError("pass --resume or --overwrite, not both")
+    if config.eval_steps and not config.eval_data:
+        raise ValueError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training; returns ``{"step", "loss", "best_metric", "output_dir"}``.
+
+    Raises DataError/FileNotFoundError for bad data, ValueError for a bad setting (from_layer out of range, a
+    resume with another configuration), FileExistsError for an output dir holding another run,
+    FloatingPointError for a NaN/inf loss (naming the step; nothing is saved for that step, the last
+    checkpoint stays intact).
+    """
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    _check_config(config)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if config.device is not None:
+        device = torch.device(config.device)
+    elif use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out = Path(config.output_dir)
+
+    data: TrainData = read_train_data(config.data, config.data_kind, config.max_examples)
+    resume_from = _prepare_output(config, rank)
+    if world > 1:
+        dist.barrier()
+    model, tokenizer, num_layers = build_model(config, device)
+    columns = [prompt_token_ids(tokenizer, col, config.prompt, config.max_length) for col in data.texts]
+    scores = torch.tensor(data.scores) if data.scores is not None else None
+    eval_pairs = eval_scores = None
+    if config.eval_data:
+        ev = read_train_data(config.eval_data, "pairs", config.eval_max_pairs)
+        eval_pairs = [prompt_token_ids(tokenizer, col, config.prompt, config.max_length) for col in ev.texts]
+        eval_scores = ev.scores
+
+    order = DataOrder(len(data), config.batch_size, world, rank, config.seed)
+    if order.per_epoch == 0:
+        raise ValueError(
+            f"{data.path} has {len(data)} examples, fewer than one global micro-batch of "
+            f"{order.global_batch} "
+            f"(batch_size {config.batch_size} x {world} processes); lower --batch-size"
+        )
+    total_steps = config.max_steps or max(1, config.epochs * order.per_epoch // config.grad_accum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _schedule(config.scheduler, optimizer, config.warmup_steps, total_steps)
+    loss_fn = AnglELoss(
+        config.cosine_w, config.ibn_w, config.angle_w, config.cosine_tau, config.ibn_tau, config.angle_tau
+    )
+
+    step, best_metric, best_step = 0, None, None
+    if resume_from is not None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
+        set_peft_model_state_dict(
+            model, load_file(str(resume_from / "adapter_model.safetensors"), device=str(device))
+        )
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best_metric, best_step = state["step"], state["best_metric"], state["best_step"]
+        if len(state["rng"]) != world:
+            raise ValueError(
+                f"checkpoint {resume_from} was written by {len(state['rng'])} processes, now {world}"
+            )
+        _set_rng_state(state["rng"][rank])
+    else:
+        torch.manual_seed(config.seed + rank)
+    log_path = out / LOG_FILE
+    if rank == 0:
+        from bellm._io import atomic_write_json, atomic_write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_CONFIG, dataclasses.asdict(config))
+        kept = _read_log(log_path, step)
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+
+    ddp_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and config.bf16_autocast
+        else torch.autocast("cpu", enabled=False)
+    )
+
+    def save_checkpoint() -> None:
+        rng = [_rng_state()]
+        if world > 1:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if rank == 0:
+            import io
+
+            buf = io.BytesIO()
+            torch.save(
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng,
+                    "best_metric": best_metric,
+                    "best_step": best_step,
+                },
+                buf,
+            )
+            name = f"step-{step}"
+            ckdir = out / "checkpoints"
+            _save_adapter_files(model, ckdir / name, {STATE_FILE: buf.getvalue()})
+            atomic_write_text(ckdir / "latest", name + "\n")
+            old = sorted((p for p in ckdir.glob("step-*") if p.name != name), key=lambda p: int(p.name[5:]))
+            for p in old[: max(0, len(old) - (config.save_total_limit - 1))]:
+                shutil.rmtree(p, ignore_errors=True)
+        if world > 1:
+            dist.barrier()
+
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="bellm train",
+        disable=not config.progress or rank > 0,
+        dynamic_ncols=True,
+    )
+    last_loss = float("nan")
+    t0, tokens_since = time.perf_counter(), 0
+    while step < total_steps:
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(config.grad_accum):
+            idx = order.indices(step * config.grad_accum + micro)
+            batch_cols = [[col[i] for i in idx] for col in columns]
+            batch_scores = scores[idx] if scores is not None else None
+            sync = micro == config.grad_accum - 1 or world == 1
+            ctx = ddp_model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx:
+                with autocast:
+                    loss, n_tok = batch_loss(ddp_model, loss_fn, batch_cols, batch_scores, device)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step + 1} (micro-batch {micro + 1}/"
+                        f"{config.grad_accum}); stopped without saving. The last checkpoint in "
+                        f"{out / 'checkpoints'} is intact; lower the "
+                        "learning rate, check the data, or use fp32"
+                    )
+                (loss / config.grad_accum).backward()
+            step_loss += loss.item() / config.grad_accum
+            step_tokens += n_tok
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = step_loss
+        tokens_since += step_tokens * world
+        elapsed = time.perf_counter() - t0
+        tok_s = tokens_since / elapsed if elapsed > 0 else 0.0
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
+        rows = []
+        if step % config.logging_steps == 0 or step == total_steps:
+            rows.append(
+                {
+                    "step": step,
+                    "loss": step_loss,
+                    "lr": lr,
+                    "tokens_per_s": round(tok_s, 1),
+                    "epoch": round(step * config.grad_accum / order.per_epoch, 4),
+                }
+            )
+        if config.eval_steps and (step % config.eval_steps == 0 or step == total_steps):
+            metric = evaluate_spearman(model, eval_pairs, eval_scores, device)
+            rows.append({"step": step, "eval_spearman": metric})
+            if best_metric is None or metric > best_metric:
+                best_metric, best_step = metric, step
+                if rank == 0:
+                    enc = json.dumps(_encoder_config(config, num_layers), indent=2).encode()
+                    _save_adapter_files(model, out / "best", {ENCODER_CONFIG: enc})
+        if rank == 0 and rows:
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+                f.flush()
+        if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+            save_checkpoint()
+    bar.close()
+    if rank == 0:
+        final = out / ".final"
+        enc = json.dumps(_encoder_config(config, num_layers), indent=2).encode()
+        _save_adapter_files(model, final, {ENCODER_CONFIG: enc})
+        for p in sorted(final.iterdir(), key=lambda p: p.name == ENCODER_CONFIG):  # the encoder config last
+            os.replace(p, out / p.name)
+        shutil.rmtree(final, ignore_errors=True)
+    if world > 1:
+        dist.barrier()
+    return {
+        "step": step,
+        "loss": last_loss,
+        "best_metric": best_metric,
+        "best_step": best_step,
+        "output_dir": str(out),
+    }
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bellm train`` options: one per :class:`TrainConfig` field (``--from-layer`` for ``from_layer``)."""
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="triplets (anchor/text, positive, negative) or scored pairs "
+        "(sentence1, sentence2, score): .tsv, .tsv.gz or .jsonl",
+    )
+    parser.add_argument(
+        "--output", required=True, dest="output_dir", help="run directory (adapter, checkpoints)"
+    )
+    defaults = TrainConfig(data="", output_dir="")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "output_dir"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name in ("max_steps", "max_examples", "eval_max_pairs", "max_grad_norm"):
+            kind = float if f.name == "max_grad_norm" else int
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default}")
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default!r}")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    result = train(config)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":  # python -m bellm.train ...
+    p = argparse.ArgumentParser(prog="bellm train")
+    add_cli_arguments(p)
+    raise SystemExit(cli_main(p.parse_args()))
