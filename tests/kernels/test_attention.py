@@ -402,9 +402,10 @@ def test_gpu_new_lengths_do_not_retune_or_recompile():
         for kind, kernel in attention_module._KERNELS.items():
             tuner = attention_module._tuned_kernel(kind, 64, 2, torch.cuda.get_device_capability())
             counts.append(len(tuner.cache))
-            caches = getattr(kernel, "device_caches", None)
-            if caches is not None:
-                counts.append(sum(len(c[0]) for c in caches.values()))
+            try:  # Triton's private compile cache: (kernel_cache, ...) per device
+                counts.append(sum(len(c[0]) for c in kernel.device_caches.values()))
+            except (AttributeError, TypeError, IndexError, KeyError):
+                pass
         return counts
 
     call([17, 100, 3])
