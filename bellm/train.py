@@ -86,6 +86,7 @@ class TrainConfig:
     gguf_file: str | None = None
     from_layer: int = -1  # layers >= k bidirectional; negative counts from the end
     prompt: str = BELLM_PROMPT
+    pooling: str = "last"  # "last" (BeLLM) | "mean" | "first": how a text's embedding is pooled
     max_length: int = 60  # tokens per prompted text, prompt included (the paper's 60)
     data_kind: str = "auto"  # "triplets" | "pairs" | "auto"
     max_examples: int | None = None
@@ -127,16 +128,18 @@ class TrainConfig:
 # ---------------------------------------------------------------------------- forward + loss
 
 
-def embed_packed(model, token_ids: list[list[int]], device: torch.device) -> torch.Tensor:
-    """Embeddings ``(len(token_ids), dim)`` of one packed forward (no padding): last-token pooling through
-    ``bellm_kernels.pool`` on the last hidden state ``(total_tokens, dim)``."""
+def embed_packed(
+    model, token_ids: list[list[int]], device: torch.device, pooling: str = "last"
+) -> torch.Tensor:
+    """Embeddings ``(len(token_ids), dim)`` of one packed forward (no padding): ``pooling`` (default
+    last-token) through ``bellm_kernels.pool`` on the last hidden state ``(total_tokens, dim)``."""
     import bellm_kernels
     from bellm.packing import pack
 
     batch = pack(token_ids).to(device)
     out = model(**batch.model_kwargs(), use_cache=False)
     hidden = out.last_hidden_state[0]
-    return bellm_kernels.pool(hidden, mode="last", cu_seqlens=batch.cu_seqlens)
+    return bellm_kernels.pool(hidden, mode=pooling, cu_seqlens=batch.cu_seqlens)
 
 
 def _gather(x: torch.Tensor) -> torch.Tensor:
@@ -156,13 +159,14 @@ def batch_loss(
     columns: list[list[list[int]]],
     scores: torch.Tensor | None,
     device: torch.device,
+    pooling: str = "last",
 ) -> tuple[torch.Tensor, int]:
     """AnglE loss of one micro-batch: ``columns`` = [anchors, positives(, negatives)], each a list of token-id
     lists of one length ``n``; all texts go through one packed forward. Returns ``(loss, num_tokens)``; under
     torch.distributed the loss is over the batch gathered from every rank (identical on all ranks)."""
     n = len(columns[0])
     flat = [ids for col in columns for ids in col]
-    emb = embed_packed(model, flat, device).float()
+    emb = embed_packed(model, flat, device, pooling).float()
     parts = [_gather(emb[i * n : (i + 1) * n]) for i in range(len(columns))]
     if scores is not None:
         loss = loss_fn(parts[0], parts[1], scores=_gather(scores.to(device)))
@@ -295,7 +299,12 @@ def _prepare_output(config: TrainConfig, rank: int) -> Path | None:
     if config.resume and latest.is_file():
         saved = json.loads((out / RUN_CONFIG).read_text())
         now = dataclasses.asdict(config)
-        diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v}
+        defaults = dataclasses.asdict(TrainConfig(data="", output_dir=""))  # fields added after that run
+        diff = {
+            k: (saved.get(k, defaults[k]), v)
+            for k, v in now.items()
+            if k not in RESUME_FREE and saved.get(k, defaults[k]) != v
+        }
         if diff:
             detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(
@@ -343,7 +352,7 @@ def _encoder_config(config: TrainConfig, num_layers: int) -> dict:
     k = config.from_layer + num_layers if config.from_layer < 0 else config.from_layer
     return {
         "from_layer": k,
-        "pooling": "last",
+        "pooling": config.pooling,
         "prompt": config.prompt,
         "max_length": config.max_length,
         "billm_compat": False,
@@ -382,7 +391,12 @@ def _read_log(path: Path, upto_step: int) -> list[str]:
 
 @torch.no_grad()
 def evaluate_spearman(
-    model, pairs: list[list[list[int]]], scores: list[float], device: torch.device, max_tokens: int = 4096
+    model,
+    pairs: list[list[list[int]]],
+    scores: list[float],
+    device: torch.device,
+    max_tokens: int = 4096,
+    pooling: str = "last",
 ) -> float:
     """Spearman (scipy) of the cosine of each pair's embeddings against ``scores``, packed forwards in eval
     mode."""
@@ -395,7 +409,7 @@ def evaluate_spearman(
     flat = pairs[0] + pairs[1]
     out = []
     for idx in plan_batches([len(t) for t in flat], max_tokens):
-        out.append((idx, embed_packed(model, [flat[i] for i in idx], device).float().cpu()))
+        out.append((idx, embed_packed(model, [flat[i] for i in idx], device, pooling).float().cpu()))
     emb = torch.empty(len(flat), out[0][1].shape[1])
     for idx, e in out:
         emb[idx] = e
@@ -432,6 +446,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
     if config.resume and config.overwrite:
         raise ValueError("pass --resume or --overwrite, not both")
+    if config.pooling not in ("last", "mean", "first"):
+        raise ValueError(f"pooling must be 'last', 'mean' or 'first', got {config.pooling!r}")
     if config.eval_steps and not config.eval_data:
         raise ValueError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
 
@@ -582,7 +598,9 @@ def train(config: TrainConfig) -> dict:
             ctx = ddp_model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 with autocast:
-                    loss, n_tok = batch_loss(ddp_model, loss_fn, batch_cols, batch_scores, device)
+                    loss, n_tok = batch_loss(
+                        ddp_model, loss_fn, batch_cols, batch_scores, device, config.pooling
+                    )
                 if not torch.isfinite(loss):
                     bar.close()
                     raise FloatingPointError(
@@ -619,7 +637,7 @@ def train(config: TrainConfig) -> dict:
                 }
             )
         if config.eval_steps and (step % config.eval_steps == 0 or step == total_steps):
-            metric = evaluate_spearman(model, eval_pairs, eval_scores, device)
+            metric = evaluate_spearman(model, eval_pairs, eval_scores, device, pooling=config.pooling)
             rows.append({"step": step, "eval_spearman": metric})
             if best_metric is None or metric > best_metric:
                 best_metric, best_step = metric, step

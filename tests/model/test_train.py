@@ -465,3 +465,23 @@ def test_nan_loss_stops_with_step_and_saves_nothing(model_dir, tmp_path, monkeyp
     assert state["step"] == 2 and all(
         torch.isfinite(t).all() for t in _adapter(out / "checkpoints" / "step-2").values()
     )
+
+
+def test_pooling_field_mean_trains_records_and_old_run_config_resumes(model_dir, tmp_path):
+    """``pooling="mean"`` changes the loss, is written to bellm_encoder.json, and a run_config.json written
+    before the field existed still resumes (a missing field counts as its default)."""
+    last = train(_config(model_dir, tmp_path / "last", max_steps=2, save_steps=1))
+    mean = train(_config(model_dir, tmp_path / "mean", max_steps=2, pooling="mean"))
+    assert last["loss"] != mean["loss"]
+    enc = json.loads((tmp_path / "mean" / "bellm_encoder.json").read_text())
+    assert enc["pooling"] == "mean"
+    run_config = tmp_path / "last" / "run_config.json"
+    saved = json.loads(run_config.read_text())
+    del saved["pooling"]
+    run_config.write_text(json.dumps(saved))
+    resumed = train(_config(model_dir, tmp_path / "last", max_steps=2, save_steps=1, resume=True))
+    assert resumed["step"] == 2 and resumed["loss"] == last["loss"]  # resumed from step 1: same step 2
+    with pytest.raises(ValueError, match="pooling"):
+        train(_config(model_dir, tmp_path / "last", max_steps=2, save_steps=1, pooling="mean", resume=True))
+    with pytest.raises(ValueError, match="pooling must be"):
+        train(_config(model_dir, tmp_path / "bad", pooling="cls"))
