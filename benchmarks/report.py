@@ -152,32 +152,40 @@ def _speedup_text(ratio: float) -> str:
 
 
 def group_table(rows: list[dict]) -> list[str]:
-    """Markdown table lines for one group."""
+    """Markdown table lines for one group.
+
+    Besides each row's time ÷ the fastest peer's, every timed peer row shows bellm's speed-up over that
+    peer (peer time ÷ time of the fastest bellm row), so that pairwise claims such as "vs FA2 varlen" or
+    "vs padded cuDNN" read straight off the table.
+    """
     best = best_peer(rows)
+    bellm_rows = [r for r in rows if timed(r) and is_bellm(r["impl"])]
+    bellm = min(bellm_rows, key=lambda r: r["median_ms"]) if bellm_rows else None
     metrics = _metric_keys(rows)
     header = ["impl", "median ms", "p20–p80 ms", *(METRICS.get(k, k) for k in metrics),
-              "time ÷ fastest peer", "note"]
+              "time ÷ fastest peer", "bellm speed-up over it", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for row in rows:
         impl = f"**{row['impl']}**" if is_bellm(row["impl"]) else row["impl"]
         if not timed(row):
-            cells = [impl, "skipped", "", *([""] * len(metrics)), "", _cell(row.get("skipped", ""))]
+            cells = [impl, "skipped", "", *([""] * len(metrics)), "", "", _cell(row.get("skipped", ""))]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        values = ["" if row.get(k) is None else _metric(k, row[k]) for k in metrics]
+        ratio = ratio_to_best_peer(row, best)
+        if ratio is None:
+            ratio_text = "no peer ran"
+        elif row is best:
+            ratio_text = "1.00 (fastest peer)"
+        elif is_bellm(row["impl"]):
+            ratio_text = f"**{_ratio(ratio)}** ({_speedup_text(ratio)})"
         else:
-            values = []
-            for k in metrics:
-                v = row.get(k)
-                values.append("" if v is None else _metric(k, v))
-            ratio = ratio_to_best_peer(row, best)
-            if ratio is None:
-                ratio_text = "no peer ran"
-            elif row is best:
-                ratio_text = "1.00 (fastest peer)"
-            elif is_bellm(row["impl"]):
-                ratio_text = f"**{_ratio(ratio)}** ({_speedup_text(ratio)})"
-            else:
-                ratio_text = _ratio(ratio)
-            cells = [impl, _ms(row["median_ms"]), f"{_ms(row['p20_ms'])}–{_ms(row['p80_ms'])}", *values,
-                     ratio_text, _cell(row.get("note", ""))]
+            ratio_text = _ratio(ratio)
+        speedup = ""
+        if bellm is not None and not is_bellm(row["impl"]):
+            speedup = f"{_ratio(row['median_ms'] / bellm['median_ms'])}×"
+        cells = [impl, _ms(row["median_ms"]), f"{_ms(row['p20_ms'])}–{_ms(row['p80_ms'])}", *values,
+                 ratio_text, speedup, _cell(row.get("note", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -75,7 +75,8 @@ def test_runner_records_crashes_and_continues(fake_suite, tmp_path):
     crash_rows = [r for r in results["rows"] if r["module"] == "fake_crash"]
     assert len(crash_rows) == 1 and "boom in collect" in crash_rows[0]["skipped"]
     bad_rows = [r for r in results["rows"] if r["module"] == "fake_bad"]
-    assert [r.get("skipped", "") for r in bad_rows][0] == "" and "median_ms=0.0" in bad_rows[1]["skipped"]
+    assert "skipped" not in bad_rows[0] and "median_ms=0.0" in bad_rows[1]["skipped"]
+    assert (bad_rows[1]["group"], bad_rows[1]["impl"]) == ("g9", "sdpa-math")
     assert len(results["errors"]) == 2 and "boom" in results["errors"][0]
     assert "torch" in results["environment"] and "date" in results["environment"]
 
@@ -116,8 +117,10 @@ def test_ratio_to_best_peer_on_known_numbers():
     lines = md.splitlines()
     bellm_g1 = next(line for line in lines if line.startswith("| **bellm** | 2 |"))
     assert "**0.67** (1.50× faster)" in bellm_g1 and "100.0" in bellm_g1 and "1.8–2.2" in bellm_g1
-    assert any(line.startswith("| flex | 3 |") and "1.00 (fastest peer)" in line for line in lines)
-    assert any(line.startswith("| sdpa-flash | 4 |") and "| 1.33 |" in line for line in lines)
+    assert any(line.startswith("| flex | 3 |") and "| 1.00 (fastest peer) | 1.50× |" in line
+               for line in lines)
+    assert any(line.startswith("| sdpa-flash | 4 |") and "| 1.33 | 2.00× |" in line for line in lines)
+    assert any(line.startswith("| index_add | 3 |") and "| 0.50× |" in line for line in lines)
     assert any("flash-attn | skipped" in line and "flash_attn is not importable" in line for line in lines)
     assert any("**2.00** (2.00× slower)" in line for line in lines)
     assert any(line.startswith("| fake_ok | g1 fwd | 2 | flex | 3 | 0.67 | **1.50×**") for line in lines)
@@ -197,4 +200,15 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert "not a GPU benchmark" in text or "not a benchmark" in text
     for row in results["rows"]:
         assert f"### {report._cell(row['group'])}" in text
-    print({m: s for m, s in results["modules"].items()})
+
+    # The pytest-benchmark entry on the quickest real module; the report reads its JSON.
+    if present:
+        name = min(present, key=lambda m: results["modules"][m]["seconds"])
+        pb_json = tmp_path / "pb.json"
+        proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider",
+                               "--benchmark-only", "--bench-smoke", "--bench-only", name,
+                               f"--benchmark-json={pb_json}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        pb_rows = report.load_results(pb_json)["rows"]
+        assert len(pb_rows) == results["modules"][name]["rows"] and {r["module"] for r in pb_rows} == {name}
