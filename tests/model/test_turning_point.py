@@ -211,3 +211,52 @@ def test_sweep_matches_curve_and_restores_model(tok):
     np.testing.assert_allclose(again.scores, curve.scores, atol=1e-6)
     sweep_from_layer(model, tok, data=data, from_layers=[3], show_progress_bar=False)
     assert model.config.bellm["from_layer"] == 1
+
+
+def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
+    pytest.importorskip("bellm.encoder")
+    import argparse
+
+    from bellm.models import default_data_dir
+    from bellm.turning_point import add_cli_arguments, cli_main
+
+    try:
+        data_dir = default_data_dir()
+    except FileNotFoundError as err:
+        pytest.skip(f"shared data not available: {err}")
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama", num_layers=3).save_pretrained(model_dir)
+    char_tokenizer().save_pretrained(model_dir)
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    out = tmp_path / "tp"
+    args = parser.parse_args(
+        [
+            "--model",
+            str(model_dir),
+            "--output",
+            str(out),
+            "--max-pairs",
+            "20",
+            "--data-dir",
+            str(data_dir),
+            "--from-layers",
+            "0",
+            "3",
+        ]
+    )
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "turning point: layer" in printed and "suggested from_layer=" in printed
+    saved = json.loads((out / "turning_point.json").read_text())
+    assert len(saved["scores"]) == 4 and set(saved["sweep"]) == {"0", "3"}
+    assert saved["data"] == {
+        "task": "STSBenchmark",
+        "split": "dev",
+        "pairs": 20,
+        "source": "senteval",
+        "max_pairs": 20,
+        "seed": 0,
+    }
+    assert saved["sweep"]["3"] == pytest.approx(saved["scores"][3], abs=1e-4)
+    assert (out / "turning_point.png").is_file()
