@@ -32,7 +32,8 @@ def measure(fn, *, device: torch.device | str = "cuda", warmup_ms: int = 25, rep
         fn()
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    # "inclusive": quantiles stay within the observed times ("exclusive" extrapolates, even below zero)
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
     return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7]}
 
 
