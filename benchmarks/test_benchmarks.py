@@ -7,6 +7,8 @@ the whole module run, a sanity number, not a benchmark. ``--benchmark-json=FILE`
 ``python -m benchmarks.report FILE`` reads that file as it reads ``benchmarks.run`` output.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -19,9 +21,12 @@ def _synchronize():
 
 
 @pytest.mark.parametrize("name", run.MODULES)
-def test_module(name, benchmark, bench_smoke, bench_only):
+def test_module(name, benchmark, bench_smoke, bench_only, monkeypatch):
     if bench_only and name not in bench_only:
         pytest.skip(f"not in --bench-only {','.join(sorted(bench_only))}")
+    if bench_smoke and os.environ.get("TRITON_INTERPRET") == "1":
+        # as benchmarks.run does: interpreter for the kernel modules, reference path for whole models
+        monkeypatch.setenv("TRITON_INTERPRET", "1" if name in run.KERNEL_MODULES else "0")
     module = run.load_module(name)
     if module is None:
         pytest.skip(f"benchmarks/bench_{name}.py does not exist yet")
