@@ -190,6 +190,13 @@ def group_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _interpreter_note(results: dict) -> str:
+    if not results["environment"].get("triton_interpret"):
+        return ""
+    modules = [m for m, info in results.get("modules", {}).items() if info.get("triton_interpret")]
+    return f"; Triton interpreter ({', '.join(modules)})" if modules else "; Triton interpreter"
+
+
 def header_lines(results: dict, source: str) -> list[str]:
     env = results["environment"]
     gpu = env.get("gpu")
@@ -211,10 +218,9 @@ def header_lines(results: dict, source: str) -> list[str]:
         ("torch / triton / transformers",
          " / ".join(env.get(k, "?") for k in ("torch", "triton", "transformers"))),
         ("python", env.get("python", "?")),
-        ("git commit", env.get("commit", "unknown")),
+        ("git commit", env.get("commit", "unknown") + (" + uncommitted changes" if env.get("dirty") else "")),
         ("date (UTC)", env.get("date", "unknown")),
-        ("mode", ("smoke (tiny shapes)" if results.get("smoke") else "full")
-         + ("; Triton interpreter" if env.get("triton_interpret") else "")),
+        ("mode", ("smoke (tiny shapes)" if results.get("smoke") else "full") + _interpreter_note(results)),
     ]
     lines += ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in table), ""]
     lines += ["Times are medians of `triton.testing.do_bench` (CUDA) or of a synchronised timer loop, after "

@@ -22,6 +22,7 @@ import gc
 import importlib
 import math
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -164,10 +165,18 @@ def _release_memory() -> None:
 
 
 def suite_environment() -> dict:
-    """``_timing.environment()`` plus whether Triton ran in its interpreter."""
+    """``_timing.environment()`` plus whether Triton ran in its interpreter and whether tracked files differ
+    from the commit (then the commit alone does not name the code that was measured)."""
     from benchmarks._timing import environment
 
-    return {**environment(), "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1"}
+    env = {**environment(), "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1"}
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout
+        env["dirty"] = bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return env
 
 
 def parse_args(argv=None) -> argparse.Namespace:

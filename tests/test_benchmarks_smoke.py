@@ -162,7 +162,8 @@ def test_report_refuses_cpu_and_smoke_results_without_allow_cpu(tmp_path):
 
 
 def test_report_on_gpu_results(tmp_path):
-    results = _results(FAKE_ROWS, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", driver="560.35.03")
+    results = _results(FAKE_ROWS, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", driver="560.35.03",
+                       dirty=True)
     results["errors"] = ["fake_crash: collect() raised: RuntimeError('boom')"]
     md = tmp_path / "docs" / "BENCHMARKS.md"
     charts = tmp_path / "charts"
@@ -170,7 +171,8 @@ def test_report_on_gpu_results(tmp_path):
     assert report.main([str(source), "--output", str(md), "--charts-dir", str(charts)]) == 0
     text = md.read_text()
     assert "smoke" not in text.lower()
-    for fact in ("NVIDIA A100-SXM4-80GB (sm 8.0)", "560.35.03", "2.11.0 / 3.6.0 / 5.17.0", "abc1234",
+    for fact in ("NVIDIA A100-SXM4-80GB (sm 8.0)", "560.35.03", "2.11.0 / 3.6.0 / 5.17.0",
+                 "abc1234 + uncommitted changes",
                  "2026-11-25", "RuntimeError('boom')"):
         assert fact in text
     link = next(line for line in text.splitlines() if line.startswith("![fake_ok"))
