@@ -32,6 +32,7 @@ METRICS = {  # known metric keys and their column headers, in column order; othe
     "gbps": "GB/s",
     "tokens_per_s": "tokens/s",
     "roofline_frac": "of roofline",
+    "matmul_tflops": "matmul TFLOP/s (roofline)",
     "peak_mem_mb": "peak MiB",
 }
 
