@@ -1,6 +1,6 @@
 """Run the benchmark suite and write one results JSON.
 
-    python -m benchmarks.run [--smoke] [--only attention,pool] [--output results.json]
+    python -m benchmarks.run [--smoke] [--only attention,pool] [--output benchmarks/results.json]
 
 Each module ``benchmarks/bench_<name>.py`` of :data:`MODULES` that exists is imported and its
 ``collect(smoke) -> list[dict]`` is called (the row convention is in ``benchmarks/README.md``). A module
@@ -185,7 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tiny shapes on whatever device is present (CI): checks the suite, judges no speed")
     p.add_argument("--only", default="",
                    help=f"comma-separated subset of {','.join(MODULES)} (default: all that exist)")
-    p.add_argument("--output", default="results.json", help="results JSON to write (default: results.json)")
+    p.add_argument("--output", default=None,
+                   help="results JSON (default: benchmarks/results.json; with --smoke, results-smoke.json)")
     return p.parse_args(argv)
 
 
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
 
     from bellm._io import atomic_write_json
 
+    if args.output is None:  # a smoke run never overwrites the GPU results that BENCHMARKS.md comes from
+        args.output = "benchmarks/results-smoke.json" if args.smoke else "benchmarks/results.json"
     results = run_suite(names, args.smoke)
     atomic_write_json(args.output, results)
     timed = sum("skipped" not in r for r in results["rows"])
