@@ -415,7 +415,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-tokens-per-batch",
         type=int,
         default=None,
-        help="token budget per packed batch (default 16384 on CUDA, 2048 on CPU)",
+        help="token budget per packed batch (default 16384 on CUDA, 4096 on CPU)",
     )
     parser.add_argument(
         "--dtype", default=None, help="bf16 / fp16 / fp32 (default bf16 on CUDA, fp32 on CPU)"

@@ -57,8 +57,8 @@ _ENCODE_KWARGS = (
 
 
 def default_max_tokens_per_batch(device: torch.device | str) -> int:
-    """Token budget of one packed micro-batch: 16384 on CUDA, 2048 on CPU (measured fastest on 2 cores)."""
-    return 16384 if torch.device(device).type == "cuda" else 2048
+    """Token budget of one packed micro-batch: 16384 on CUDA, 4096 on CPU."""
+    return 16384 if torch.device(device).type == "cuda" else 4096
 
 
 def _check_pooling(pooling: str) -> str:
