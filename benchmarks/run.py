@@ -209,6 +209,12 @@ def main(argv=None) -> int:
         args.output = "benchmarks/results-smoke.json" if args.smoke else "benchmarks/results.json"
     results = run_suite(names, args.smoke)
     atomic_write_json(args.output, results)
+    from benchmarks.report import summary
+
+    for s in [] if args.smoke else summary(results):  # a first look; BENCHMARKS.md comes from the report
+        if s["peer"] is not None:
+            print(f"  {s['module']}: {s['group']} [{s['impl']}]: {s['median_ms']:.4g} ms, "
+                  f"{s['speedup']:.3g}x vs {s['peer']} ({s['peer_ms']:.4g} ms)")
     timed = sum("skipped" not in r for r in results["rows"])
     print(f"[benchmarks] wrote {args.output}: {len(results['rows'])} rows ({timed} timed), "
           f"{len(results['errors'])} module error(s)")
