@@ -108,8 +108,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     names = {
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-        "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
     }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
@@ -143,7 +149,11 @@ def load_model_and_tokenizer(
             raise FileNotFoundError(
                 f"model path {str(path)!r} does not exist; pass a local directory (bellm loads offline only)"
             )
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     torch_dtype = resolve_dtype(dtype, device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)

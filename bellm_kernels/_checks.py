@@ -44,7 +44,9 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
-        raise ValueError(f"inputs are on different devices ({listing}); move them to one device with .to(device)")
+        raise ValueError(
+            f"inputs are on different devices ({listing}); move them to one device with .to(device)"
+        )
 
 
 def check_mask(name: str, mask: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
@@ -76,7 +78,9 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: in
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be an int32 torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype != torch.int32:
-        raise TypeError(f"cu_seqlens has dtype {cu_seqlens.dtype}; it must be int32 (use cu_seqlens.to(torch.int32))")
+        raise TypeError(
+            f"cu_seqlens has dtype {cu_seqlens.dtype}; it must be int32 (use cu_seqlens.to(torch.int32))"
+        )
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError(
             f"cu_seqlens has shape {tuple(cu_seqlens.shape)}; expected 1-D (num_seqs + 1,) starting at 0"

@@ -15,14 +15,17 @@ import time
 import torch
 
 
-def measure(fn, *, device: torch.device | str = "cuda", warmup_ms: int = 25, rep_ms: int = 100,
-            min_reps: int = 3) -> dict:
+def measure(
+    fn, *, device: torch.device | str = "cuda", warmup_ms: int = 25, rep_ms: int = 100, min_reps: int = 3
+) -> dict:
     """Return ``{"median_ms", "p20_ms", "p80_ms"}`` for one call of ``fn``."""
     device = torch.device(device)
     if device.type == "cuda":
         import triton.testing
 
-        p20, median, p80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.2, 0.5, 0.8])
+        p20, median, p80 = triton.testing.do_bench(
+            fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.2, 0.5, 0.8]
+        )
         return {"median_ms": median, "p20_ms": p20, "p80_ms": p80}
     fn()  # warm-up
     times = []
@@ -60,7 +63,9 @@ def environment() -> dict:
         try:
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             pass
