@@ -1,37 +1,28 @@
-"""Fused softmax attention in Triton: causal or bidirectional per call, padded or packed varlen, GQA, fwd +
-bwd.
+"""Fused softmax attention in Triton: causal or bidirectional per call, padded or packed varlen, GQA, fwd + bwd.
 
 Layers, in order: the ``@triton.jit`` kernels (``_attn_fwd_kernel``, ``_attn_bwd_preprocess_kernel``,
 ``_attn_bwd_dkdv_kernel``, ``_attn_bwd_dq_kernel``) → the launchers ``_attn_fwd`` / ``_attn_bwd`` (choose
-blocks,
-allocate, launch; no autograd) → ``_AttentionFunction`` → the public :func:`attention` (docstring, checks,
-dispatch).
+blocks, allocate, launch; no autograd) → ``_AttentionFunction`` → the public :func:`attention` (docstring,
+checks, dispatch).
 
 Algorithm (FlashAttention-2): the forward streams key/value blocks through an online base-2 softmax and saves
-the
-log-sum-exp ``lse`` (base 2, one float32 per query row and head); the backward recomputes the probabilities
-from
-``lse``: a preprocess kernel computes ``delta = rowsum(dO * O)``, one program per (key block, kv head)
-accumulates
-dK and dV over every query head of its GQA group in float32 (no atomics), and one program per (query block,
-head)
-accumulates dQ.
+the log-sum-exp ``lse`` (base 2, one float32 per query row and head); the backward recomputes the
+probabilities from ``lse``: a preprocess kernel computes ``delta = rowsum(dO * O)``, one program per (key
+block, kv head) accumulates dK and dV over every query head of its GQA group in float32 (no atomics), and one
+program per (query block, head) accumulates dQ.
 
 Every program works inside one *window*: a packed sequence ``[cu_seqlens[b], cu_seqlens[b+1])`` or one padded
 row ``b``. A padded row's real tokens lie in ``[lo, hi)`` (first and last real token, computed on the device,
-no
-host sync); a general 0/1 mask (holes too) is applied on top. Key blocks outside the visible range are never
-visited (causal upper triangle, beyond the sequence end, padding), and only blocks on a boundary pay for
-masking.
-Programs past a packed sequence's end exit at once; padded rows with no real token write zeros.
+no host sync); a general 0/1 mask (holes too) is applied on top. Key blocks outside the visible range are
+never visited (causal upper triangle, beyond the sequence end, padding), and only blocks on a boundary pay for
+masking. Programs past a packed sequence's end exit at once; padded rows with no real token write zeros.
 
 Query rows that see no key (padding) get a zero output and ``lse = +inf``, so the backward's recomputed
 probabilities are exactly 0 there: zeros and zero gradients, never NaN.
 
 Autotuning (CUDA only) keys on head_dim, head counts, causal and the dtypes; sequence lengths are runtime ints
 (``do_not_specialize``), so new packed lengths neither retune nor recompile. In Triton's interpreter (CPU
-tensors
-with ``TRITON_INTERPRET=1``) one small fixed config runs instead.
+tensors with ``TRITON_INTERPRET=1``) one small fixed config runs instead.
 """
 
 from __future__ import annotations
