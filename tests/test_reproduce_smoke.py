@@ -1,0 +1,150 @@
+"""CI smoke of ``experiments/reproduce.py``: every stage in miniature on the real SmolLM2-135M and real data.
+
+Checks: every stage JSON is written; the turning-point curve and PNG exist and k is chosen below the last layer;
+the identity row (``from_layer=-1`` + last pooling) equals causal; RESULTS.md is marked SMOKE and its table holds
+exactly the numbers of the JSON files; a rerun skips every stage; other settings in the same directory are
+refused; ``--report`` regenerates the file. Skipped only when the real model cannot be found.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "reproduce.py"
+
+
+def _model_available() -> bool:
+    try:
+        from bellm.models import default_data_dir, default_model
+
+        default_model(download=False)
+        default_data_dir()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not _model_available(), reason="the real SmolLM2 GGUF or shared/data not found"
+)
+
+
+def _run(*args, timeout=900):
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    t0 = time.perf_counter()
+    proc = _run("--smoke", "--output", str(out))
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    print(f"smoke run: {seconds:.0f} s")
+    return out
+
+
+def _stage(out: Path, name: str) -> dict:
+    return json.loads((out / "stages" / f"{name}.json").read_text())
+
+
+def test_every_stage_ran_and_the_design_is_sane(smoke):
+    tp = _stage(smoke, "turning_point")
+    d = tp["design"]
+    L = d["num_layers"]
+    assert L == 30
+    assert 0 <= d["k_bellm"] <= L - 2  # below the last layer, where bidirectionality can matter
+    assert d["k_quarter"] != d["k_bellm"]
+    assert len(tp["curve"]["scores"]) == L + 1 and tp["curve"]["scores"][0] is None  # layer 0 constant
+    assert (smoke / "turning_point" / "turning_point.png").stat().st_size > 1000
+    names = [
+        "base",
+        "plan",
+        "untrained-causal",
+        "untrained-identity-last",
+        f"untrained-bellm-k{d['k_bellm']}",
+        "untrained-all-bidirectional",
+    ]
+    for arm, seeds in (
+        ("causal", (42, 43)),
+        (f"bellm-k{d['k_bellm']}", (42, 43)),
+        (f"bidir-k{d['k_quarter']}", (42,)),
+        ("all-bidirectional", (42,)),
+        ("last-layer-mean", (42,)),
+    ):
+        names += [f"train-{arm}-seed{s}" for s in seeds] + [f"eval-{arm}-seed{s}" for s in seeds]
+    for n in names:
+        assert (smoke / "stages" / f"{n}.json").is_file(), n
+    mean_arm = _stage(smoke, "train-last-layer-mean-seed42")
+    assert mean_arm["config"]["pooling"] == "mean" and mean_arm["config"]["from_layer"] == L - 1
+    enc = json.loads((Path(mean_arm["train"]["output_dir"]) / "bellm_encoder.json").read_text())
+    assert enc["pooling"] == "mean"
+    # same budget for every arm
+    configs = [_stage(smoke, n)["config"] for n in names if n.startswith("train-")]
+    for key in ("max_steps", "batch_size", "lr", "lora_r", "lora_alpha", "data", "max_length"):
+        assert len({json.dumps(c[key]) for c in configs}) == 1, key
+
+
+def test_identity_row_equals_causal(smoke):
+    causal, identity = _stage(smoke, "untrained-causal"), _stage(smoke, "untrained-identity-last")
+    for task, score in causal["scores"].items():
+        other = identity["scores"][task]
+        assert (score is None) == (other is None)
+        if score is not None:
+            assert abs(score - other) < 1e-6, task
+    bidir = _stage(smoke, "untrained-all-bidirectional")
+    assert bidir["scores"] != causal["scores"]  # the patch does change the model below the last layer
+
+
+def test_results_md_is_generated_from_json_and_marked_smoke(smoke):
+    text = (smoke / "RESULTS.md").read_text()
+    assert "SMOKE RUN" in text
+    assert (
+        "results_assets/turning_point.png" in text
+        and (smoke / "results_assets" / "turning_point.png").is_file()
+    )
+    causal = _stage(smoke, "eval-causal-seed42")
+    row = next(line for line in text.splitlines() if line.startswith("| causal, seed 42 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    expected = [f"{v:.2f}" if v is not None else "undefined" for v in causal["scores"].values()]
+    expected.append(f"{causal['average']:.2f}" if causal["average"] is not None else "undefined")
+    assert cells == expected
+    assert "86.29" in text and "85.96" in text  # the paper's rows, for scale
+    assert "## 4. Reading" in text and "BeLLM - causal" in text
+
+
+def test_rerun_skips_everything_refuses_other_settings_and_reports(smoke):
+    before = {p.name: p.stat().st_mtime_ns for p in (smoke / "stages").glob("*.json")}
+    t0 = time.perf_counter()
+    proc = _run("--smoke", "--output", str(smoke))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.perf_counter() - t0 < 60
+    after = {p.name: p.stat().st_mtime_ns for p in (smoke / "stages").glob("*.json")}
+    assert before == after
+    proc = _run("--smoke", "--steps", "3", "--output", str(smoke))
+    assert proc.returncode == 2 and "steps: saved 1, now 3" in proc.stderr
+    (smoke / "RESULTS.md").unlink()
+    proc = _run("--report", "--output", str(smoke))
+    assert proc.returncode == 0 and "SMOKE RUN" in (smoke / "RESULTS.md").read_text()
+
+
+def test_bad_options_fail_clearly(tmp_path):
+    proc = _run("--smoke", "--seeds", "42", "--output", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "at least 2 distinct seeds" in proc.stderr
+    proc = _run("--model", str(tmp_path / "missing"), "--output", str(tmp_path / "y"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = _run("--report", "--output", str(tmp_path / "z"))
+    assert proc.returncode == 2 and "holds no run" in proc.stderr
