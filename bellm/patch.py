@@ -42,6 +42,7 @@ from collections.abc import Callable
 import torch
 
 import bellm_kernels
+from bellm_kernels._checks import tensor_version
 
 __all__ = ["patch", "unpatch", "load", "ATTN_IMPLEMENTATION"]
 
@@ -78,7 +79,7 @@ def _packing_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor
     forward pass reuses it, so the host synchronisation happens once per forward pass.
     """
     cached = getattr(position_ids, "_bellm_packing", None)
-    if cached is not None and cached[0] == position_ids._version:
+    if cached is not None and cached[0] == tensor_version(position_ids):
         return cached[1]
     row = position_ids[0]
     starts = torch.nonzero(row[1:] - row[:-1] != 1).flatten() + 1
@@ -86,7 +87,7 @@ def _packing_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor
     if starts.numel() > 0:
         bounds = torch.cat([starts.new_zeros(1), starts, starts.new_full((1,), row.numel())])
         result = (bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max()))
-    position_ids._bellm_packing = (position_ids._version, result)
+    position_ids._bellm_packing = (tensor_version(position_ids), result)
     return result
 
 

@@ -67,6 +67,15 @@ def check_mask(name: str, mask: torch.Tensor, batch: int, seqlen: int) -> torch.
     return mask != 0
 
 
+def tensor_version(tensor: torch.Tensor) -> int:
+    """``tensor._version`` (bumped by every in-place write), or -1 for an inference-mode tensor, which has none.
+
+    Inference tensors can only be written in place inside ``torch.inference_mode()``; caches keyed on this
+    value treat such a tensor as unchanged after its first use.
+    """
+    return -1 if tensor.is_inference() else tensor._version
+
+
 def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None = None) -> None:
     """Validate flash-attn style ``cu_seqlens``: int32, 1-D, ``[0, ..., total_tokens]``, non-decreasing.
 
@@ -87,7 +96,7 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: in
         )
     if max_seqlen is not None and (not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool)):
         raise TypeError(f"max_seqlen must be a Python int, got {max_seqlen!r}")
-    key = (cu_seqlens._version, total_tokens, max_seqlen)
+    key = (tensor_version(cu_seqlens), total_tokens, max_seqlen)
     if getattr(cu_seqlens, "_bellm_checked", None) == key:
         return
     values = cu_seqlens.tolist()
