@@ -3,22 +3,20 @@
 The hot path of one :meth:`Encoder.encode` call (see ``docs: architecture``)::
 
     sentences -> prompt template -> tokenizer (once, no padding, truncating only the text part)
-      -> plan_batches (longest first, under a token budget) -> pack (input_ids (1, T), position_ids,
-      cu_seqlens)
+      -> plan_batches (longest first, under a token budget)
+      -> pack (input_ids (1, T), position_ids, cu_seqlens)
       -> patched model under inference_mode -> last hidden state (T, dim)
-      -> bellm_kernels.pool(mode, cu_seqlens, normalize fused) (n, dim) -> restore input order -> numpy /
-      tensor
+      -> bellm_kernels.pool(mode, cu_seqlens, normalize fused) (n, dim)
+      -> restore input order -> numpy / tensor
 
 No padding token is ever computed. On CPU the model's attention runs through :mod:`bellm_kernels.reference`.
 
 Prompts are ``{text}`` templates. With ``pooling="last"`` the default is BeLLM's
 ``The representative word for sentence {text} is:"`` (:data:`BELLM_PROMPT`): the last token is then always the
-closing ``"`` and its hidden state is the embedding. With other poolings the default is no prompt
-(``"{text}"``).
+closing ``"`` and its hidden state is the embedding. With other poolings the default is no prompt (``"{text}"``).
 ``prompt=""`` or ``prompt="{text}"`` disables the prompt.
 
-Note (``findings.md`` #1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding equals
-the
+Note (``findings.md`` #1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding equals the
 causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
 positions after the last layer.
 """
