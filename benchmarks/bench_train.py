@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
+import time
 
 import torch
 
@@ -151,11 +153,11 @@ def collect(smoke: bool = False) -> list[dict]:
     cuda = torch.cuda.is_available() and not smoke
     device = torch.device("cuda" if cuda else "cpu")
     if smoke:
-        shape, name, dtype, batch, reps = TINY, "tiny", torch.float32, 2, dict(rep_ms=50, min_reps=2)
+        shape, name, dtype, batch, reps = TINY, "tiny", torch.float32, 2, dict(rounds=2)
     elif cuda:
         shape, name, dtype, batch, reps = LLAMA2_7B, "llama2-7b", torch.bfloat16, 16, dict(rep_ms=2000)
     else:
-        shape, name, dtype, batch, reps = SMOLLM2_135M, "smollm2-135m", torch.float32, 4, dict(rep_ms=3000)
+        shape, name, dtype, batch, reps = SMOLLM2_135M, "smollm2-135m", torch.float32, 4, dict(rounds=5)
     from_layer = shape["num_hidden_layers"] - 1
     columns = _triplets(batch, shape["vocab_size"])
     real_tokens = sum(len(ids) for col in columns for ids in col)
@@ -165,10 +167,15 @@ def collect(smoke: bool = False) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     rows = []
+    input_ids, mask = _padded_inputs(columns, device)
+    impls = {  # name -> (patched?, loss closure)
+        "bellm": (True, lambda: batch_loss(model, loss_fn, columns, None, device)[0]),
+        "hf-sdpa-padded": (
+            False, lambda: _padded_loss(model, loss_fn, columns, from_layer, input_ids, mask, dtype)
+        ),
+    }
 
-    def run(impl, loss_of):
-        optimizer = torch.optim.AdamW(params, lr=1e-5)
-
+    def make_step(loss_of, optimizer):
         def step():
             with autocast:
                 loss = loss_of()
@@ -176,27 +183,48 @@ def collect(smoke: bool = False) -> list[dict]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        try:
-            step()  # warm-up, optimizer state allocated
-            if cuda:
+        return step
+
+    def use(patched: bool) -> None:
+        is_patched = getattr(model.get_base_model().config, "bellm", None) is not None
+        if patched and not is_patched:
+            patch(model, from_layer=from_layer)
+        elif not patched and is_patched:
+            unpatch(model)
+        model.train()
+
+    if cuda:  # one implementation after the other on an idle GPU; peak memory per implementation
+        for impl, (patched, loss_of) in impls.items():
+            use(patched)
+            step = make_step(loss_of, torch.optim.AdamW(params, lr=1e-5))
+            try:
+                step()  # warm-up, optimizer state allocated
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            timing = measure(step, device=device, **reps)
-            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-        except torch.OutOfMemoryError as err:
-            rows.append({"group": group, "impl": impl, "skipped": f"out of memory: {str(err)[:120]}"})
-            return
-        finally:
-            if cuda:
+                timing = measure(step, device=device, **reps)
+                peak = torch.cuda.max_memory_allocated() / 2**20
+                rows.append(_row(group, impl, timing, real_tokens, peak, ""))
+            except torch.OutOfMemoryError as err:
+                rows.append({"group": group, "impl": impl, "skipped": f"out of memory: {str(err)[:120]}"})
+            finally:
+                del step
                 torch.cuda.empty_cache()
-        rows.append(_row(group, impl, timing, real_tokens, peak, ""))
-
-    patch(model, from_layer=from_layer)
-    model.train()
-    run("bellm", lambda: batch_loss(model, loss_fn, columns, None, device)[0])
-    unpatch(model)
-    input_ids, mask = _padded_inputs(columns, device)
-    run("hf-sdpa-padded", lambda: _padded_loss(model, loss_fn, columns, from_layer, input_ids, mask, dtype))
+    else:  # shared CPU cores: alternate the implementations step by step so load changes hit both alike
+        steps = {impl: make_step(loss_of, torch.optim.AdamW(params, lr=1e-5)) for impl, (_, loss_of) in
+                 impls.items()}
+        times: dict[str, list[float]] = {impl: [] for impl in impls}
+        for round_ in range(reps["rounds"] + 1):
+            for impl, (patched, _) in impls.items():
+                use(patched)
+                t0 = time.perf_counter()
+                steps[impl]()
+                if round_:  # round 0 is the warm-up
+                    times[impl].append((time.perf_counter() - t0) * 1000)
+        for impl, ts in times.items():
+            ts.sort()
+            q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else ts * 9
+            timing = {"median_ms": statistics.median(ts), "p20_ms": q[1], "p80_ms": q[7]}
+            rows.append(_row(group, impl, timing, real_tokens, None, ""))
     pad_note = (
         f"{real_tokens} real tokens, padded batch {tuple(input_ids.shape)} = {input_ids.numel()} tokens"
     )
