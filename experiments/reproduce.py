@@ -483,7 +483,7 @@ class Run:
         s = self.settings
         sentences = self.eval_sentences()
         by_len = sorted(sentences, key=len)
-        n = min(len(by_len), 32 if s.smoke else 256)
+        n = min(len(by_len), 8 if s.smoke else 256)
         sample = [by_len[int(i)] for i in np.linspace(0, len(by_len) - 1, n)]
         t0 = time.perf_counter()
         encoder = self.load_encoder(self.base()["num_layers"])
@@ -496,7 +496,7 @@ class Run:
         sample_mean = float(np.mean([len(x) for x in sample]))
         rate *= sample_mean / mean_sentences  # the sample's length mix differs slightly from the whole
         del encoder
-        steps = 2
+        steps = 1 if s.smoke else 3
         with tempfile.TemporaryDirectory(dir=self.out) as tmp:
             config = self.train_config(
                 "plan",

@@ -9,6 +9,7 @@ refused; ``--report`` regenerates the file. Skipped only when the real model can
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,6 +44,9 @@ def _run(*args, timeout=900):
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        # the model path, not the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 for kernel
+        # tests; a module-scoped fixture runs before its per-test reset)
+        env={**os.environ, "TRITON_INTERPRET": "0"},
     )
 
 
