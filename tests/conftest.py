@@ -1,9 +1,10 @@
 """Test-suite set-up.
 
-On a machine without CUDA, kernel tests run the Triton kernels in Triton's interpreter: ``TRITON_INTERPRET=1`` must
-be set before triton is first imported, so it is set here. Tests outside ``tests/kernels/`` exercise models and
-want the fast reference path on CPU, so an autouse fixture turns the interpreter dispatch off for them (bellm reads
-the variable at call time; see ``bellm_kernels/_checks.py``).
+On a machine without CUDA, kernel tests run the Triton kernels in Triton's interpreter. Triton decides that when a
+kernel is decorated, so ``TRITON_INTERPRET=1`` is set only while ``bellm_kernels`` is first imported, then restored:
+model tests and the subprocesses they start (CLI runs, torchrun, kill-and-resume) inherit no interpreter and use the
+fast reference path. bellm dispatches at call time (``bellm_kernels/_checks.py``: a CPU tensor runs the Triton
+kernel only when ``TRITON_INTERPRET=1``), so tests under ``tests/kernels/`` get the variable set for each test.
 """
 
 import os
@@ -12,15 +13,25 @@ import torch
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    _previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    import bellm_kernels  # noqa: E402,F401  (decorates the Triton kernels in interpreter mode)
+
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
 
 import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _reference_path_outside_kernel_tests(request, monkeypatch):
-    if "tests/kernels" not in str(request.node.path).replace(os.sep, "/"):
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
+def _interpreter_for_kernel_tests_only(request, monkeypatch):
+    in_kernel_tests = "tests/kernels" in str(request.node.path).replace(os.sep, "/")
+    if in_kernel_tests and not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     yield
 
 
