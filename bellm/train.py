@@ -210,7 +210,12 @@ def build_model(config: TrainConfig, device: torch.device):
         )
     model = patch(model, from_layer=config.from_layer)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # newer transformers call it activation checkpointing; 5.17 only has the old name
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     torch.manual_seed(config.seed)  # LoRA initialisation
     lora = LoraConfig(
         r=config.lora_r,
