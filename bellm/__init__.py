@@ -10,17 +10,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "patch": "bellm.patch",
-    "unpatch": "bellm.patch",
-    "load": "bellm.patch",
+    "patch": "bellm.surgery",
+    "unpatch": "bellm.surgery",
+    "load": "bellm.surgery",
     "Encoder": "bellm.encoder",
     "to_sentence_transformer": "bellm.st_plugin",
     "encode_corpus": "bellm.corpus",
     "evaluate_sts": "bellm.evaluate",
     "find_turning_point": "bellm.turning_point",
     "sweep_from_layer": "bellm.turning_point",
-    "train": "bellm.train",
-    "TrainConfig": "bellm.train",
+    "train": "bellm.trainer",
+    "TrainConfig": "bellm.trainer",
     "losses": "bellm.losses",
 }
 

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("bellm.corpus", "encode a .txt/.jsonl/.tsv file into resumable embedding shards"),
     "eval": ("bellm.evaluate", "STS12-16, STS-B and SICK-R Spearman with the paper's protocol"),
     "turning-point": ("bellm.turning_point", "per-layer STS curve and from_layer sweep; prints the chosen k"),
-    "train": ("bellm.train", "LoRA + AnglE training through the packed kernels, with checkpoint/resume"),
+    "train": ("bellm.trainer", "LoRA + AnglE training through the packed kernels, with checkpoint/resume"),
 }
 
 

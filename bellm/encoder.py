@@ -184,7 +184,7 @@ class Encoder:
         exclude_prompt: bool = False,
         max_tokens_per_batch: int | None = None,
     ):
-        from bellm.patch import patch
+        from bellm.surgery import patch
 
         self.pooling = _check_pooling(pooling)
         self.prompt = _resolve_prompt(prompt, pooling)
@@ -226,20 +226,20 @@ class Encoder:
     ) -> Encoder:
         """Load a local transformers model (or a ``.gguf``; ``None`` = the real SmolLM2-135M) as an Encoder.
 
-        ``adapter``: a peft adapter directory, loaded and merged; a missing path raises FileNotFoundError,
-        one made
-        for another base model raises ValueError naming both. A directory saved by :meth:`save_pretrained`
-        restores
-        its pooling/prompt/from_layer unless given here. Nothing is downloaded; ``trust_remote_code`` stays
-        off
-        unless passed.
+        ``adapter``: a peft adapter directory, loaded and merged; a missing path raises FileNotFoundError, one
+        made for another base model raises ValueError naming both. A ``bellm_encoder.json`` in the adapter
+        directory (``bellm train`` writes one) or, failing that, in the model directory (written by
+        :meth:`save_pretrained`) restores pooling/prompt/from_layer/max_length unless given here. Nothing is
+        downloaded; ``trust_remote_code`` stays off unless passed.
         """
         from bellm.models import load_model_and_tokenizer
 
         _check_pooling(pooling)
         saved = {}
-        if model_name_or_path is not None and (Path(model_name_or_path) / ENCODER_CONFIG).is_file():
-            saved = json.loads((Path(model_name_or_path) / ENCODER_CONFIG).read_text())
+        for directory in (adapter, model_name_or_path):
+            if directory is not None and (Path(directory) / ENCODER_CONFIG).is_file():
+                saved = json.loads((Path(directory) / ENCODER_CONFIG).read_text())
+                break
         model, tokenizer = load_model_and_tokenizer(
             model_name_or_path,
             gguf_file=gguf_file,

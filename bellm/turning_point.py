@@ -204,8 +204,8 @@ def _causal(model):
     """Run the block on the unpatched (causal) model; a bellm patch present before is re-applied
     afterwards."""
     try:
-        from bellm.patch import patch, unpatch
-    except ImportError:  # pragma: no cover - bellm.patch ships with bellm
+        from bellm.surgery import patch, unpatch
+    except ImportError:  # pragma: no cover - bellm.surgery ships with bellm
         yield
         return
     setting = dict(getattr(getattr(model, "config", None), "bellm", None) or {})
@@ -493,7 +493,7 @@ def sweep_from_layer(
                 emb = np.asarray(encoder.encode(unique, **kwargs), dtype=np.float64)
                 results[k] = spearman_cosine(emb[i1], emb[i2], pairs.scores)
         finally:
-            from bellm.patch import unpatch
+            from bellm.surgery import unpatch
 
             try:
                 unpatch(model)

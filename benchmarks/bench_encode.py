@@ -193,7 +193,7 @@ def _sentence_transformers(model, tok, config, prompt: str, tmp: str):
 
 def _rows(group, sentences, model, tok, config, prompt, params_nonemb, rate, device, note) -> list[dict]:
     from bellm.encoder import Encoder
-    from bellm.patch import unpatch
+    from bellm.surgery import unpatch
 
     lengths = [len(x) for x in tok([prompt.replace("{text}", s) for s in sentences])["input_ids"]]
     tokens = sum(lengths)

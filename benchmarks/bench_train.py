@@ -4,9 +4,9 @@ Both implementations train the same random-weight Llama with the same LoRA (r 64
 layer, dropout 0) and the AnglE loss (BeLLM weights) on the same triplets, with layers ``>= from_layer``
 bidirectional:
 
-- ``bellm``: the model patched by :func:`bellm.patch.patch`; anchors, positives and negatives packed into one
+- ``bellm``: the model patched by :func:`bellm.patch`; anchors, positives and negatives packed into one
   varlen forward (no padding), last-token pooling with ``bellm_kernels.pool`` —
-  :func:`bellm.train.batch_loss`.
+  :func:`bellm.trainer.batch_loss`.
 - ``hf-sdpa-padded``: transformers' sdpa attention on a right-padded batch; each attention layer gets a 4D
   mask (causal + padding below ``from_layer``, padding only from it on — BiLLM's per-layer mask), last token
   gathered from the attention mask.
@@ -147,8 +147,8 @@ def _row(group, impl, timing, tokens, peak_mb, note) -> dict:
 
 def collect(smoke: bool = False) -> list[dict]:
     from bellm.losses import AnglELoss
-    from bellm.patch import patch, unpatch
-    from bellm.train import batch_loss
+    from bellm.surgery import patch, unpatch
+    from bellm.trainer import batch_loss
 
     cuda = torch.cuda.is_available() and not smoke
     device = torch.device("cuda" if cuda else "cpu")

@@ -83,9 +83,9 @@ except ImportError:  # running from a checkout without `pip install -e .`
 from bellm._io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from bellm.evaluate import to_jsonable  # noqa: E402
 from bellm.sts_data import TASKS, load_sts  # noqa: E402
-from bellm.train import TrainConfig  # noqa: E402
-from bellm.train import train as train_arm  # noqa: E402  (bellm.train is shadowed by the submodule)
 from bellm.train_data import BELLM_PROMPT  # noqa: E402
+from bellm.trainer import TrainConfig  # noqa: E402
+from bellm.trainer import train as train_arm  # noqa: E402
 
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
 

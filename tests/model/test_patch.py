@@ -44,7 +44,7 @@ def padded_batch(sentences, side):
 
 
 def decoder_layers(model):
-    hf = bellm.patch._transformers_model(model)
+    hf = bellm.surgery._transformers_model(model)
     lists = (m for n, m in hf.named_modules() if n.endswith("layers") and isinstance(m, torch.nn.ModuleList))
     return next(lists)
 
@@ -72,7 +72,7 @@ def reference_masks(attention_mask, from_layer, num_layers, seq_ids=None, pads_v
 def eager_reference(model, from_layer, input_ids, attention_mask=None, seq_ids=None, pads_visible=False,
                     **forward_kw):
     """Run the *unpatched eager* ``model`` with our own mask in each decoder layer."""
-    hf = bellm.patch._transformers_model(model)
+    hf = bellm.surgery._transformers_model(model)
     assert hf.config._attn_implementation == "eager" and not hasattr(hf.config, "bellm")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -499,11 +499,13 @@ def test_packed_kwargs_with_batch_refused(fresh):
         fresh(**kw)
 
 
-def test_bellm_patch_is_callable_as_module_and_function(fresh):
-    import bellm.patch as module
+def test_public_functions_are_not_shadowed_by_their_modules(fresh):
+    """Importing every submodule must leave ``bellm.patch`` / ``bellm.train`` the functions (lazy exports)."""
+    import bellm.surgery  # noqa: F401
+    import bellm.trainer  # noqa: F401
 
-    assert callable(bellm.patch) and callable(module)
-    module(fresh, from_layer=2)
+    assert bellm.patch is bellm.surgery.patch and bellm.train is bellm.trainer.train
+    bellm.patch(fresh, from_layer=2)
     assert fresh.config.bellm["from_layer"] == 2
 
 

@@ -21,7 +21,7 @@ import torch
 from tiny_models import tiny_model
 
 from bellm import losses
-from bellm.train import TrainConfig, batch_loss, build_model, train
+from bellm.trainer import TrainConfig, batch_loss, build_model, train
 from bellm.train_data import DataError, prompt_token_ids, read_train_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def _padded_reference_loss(model, columns, from_layer):
 def test_packed_step_equals_padded_eager_reference(model_dir):
     from peft import LoraConfig, get_peft_model
 
-    from bellm.patch import patch
+    from bellm.surgery import patch
 
     columns = _columns(model_dir, n=4, start=10)
     assert len({len(ids) for col in columns for ids in col}) > 1  # really ragged
@@ -362,7 +362,7 @@ def test_adapter_round_trip(model_dir, tmp_path):
 
     from bellm.encoder import Encoder
     from bellm.models import load_model_and_tokenizer
-    from bellm.patch import patch
+    from bellm.surgery import patch
 
     out = tmp_path / "run"
     train(_config(model_dir, out, max_steps=3, lr=5e-3, lora_dropout=0.0))
@@ -373,7 +373,7 @@ def test_adapter_round_trip(model_dir, tmp_path):
 
     base, _ = load_model_and_tokenizer(model_dir, device="cpu")
     loaded = PeftModel.from_pretrained(patch(base, from_layer=K), str(out)).eval()
-    from bellm.train import embed_packed
+    from bellm.trainer import embed_packed
 
     with torch.no_grad():
         ours = embed_packed(loaded, columns[0], torch.device("cpu"))
@@ -381,7 +381,8 @@ def test_adapter_round_trip(model_dir, tmp_path):
     with torch.no_grad():
         untrained = embed_packed(patch(fresh, from_layer=K), columns[0], torch.device("cpu"))
     assert not torch.allclose(ours, untrained, atol=1e-4)  # the adapter changed something
-    enc = Encoder.from_pretrained(model_dir, adapter=out, from_layer=K, device="cpu", max_length=60)
+    enc = Encoder.from_pretrained(model_dir, adapter=out, device="cpu")  # settings from the adapter dir
+    assert (enc.from_layer, enc.max_length) == (K, 60)
     got = torch.as_tensor(enc.encode(texts))
     torch.testing.assert_close(got.float(), ours.float(), rtol=1e-4, atol=1e-5)
 

@@ -187,7 +187,7 @@ def test_bad_input(tok):
 
 def test_sweep_matches_curve_and_restores_model(tok):
     pytest.importorskip("bellm.encoder")
-    from bellm.patch import patch
+    from bellm.surgery import patch
 
     model = tiny_model("llama", num_layers=3)
     data = pairs(16, seed=5)

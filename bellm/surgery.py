@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 import types
 from collections.abc import Callable
 
@@ -513,16 +512,3 @@ def load(path_or_model, *, causal_lm: bool = False, **from_pretrained_kwargs):
     billm_compat = bool(setting.get("billm_compat", False))
     return patch(model, from_layer=setting["from_layer"], billm_compat=billm_compat)
 
-
-class _CallableModule(types.ModuleType):
-    """Calling the module ``bellm.patch`` calls :func:`patch`.
-
-    Importing the submodule ``bellm.patch`` makes Python set the package attribute ``bellm.patch`` to this
-    module, shadowing the lazily exported function of the same name; so the module forwards calls to it.
-    """
-
-    def __call__(self, model, from_layer: int = -1, *, billm_compat: bool = False):
-        return patch(model, from_layer=from_layer, billm_compat=billm_compat)
-
-
-sys.modules[__name__].__class__ = _CallableModule

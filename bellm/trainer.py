@@ -5,7 +5,7 @@
 One micro-batch = ``batch_size`` examples per process. Every text is prompted (``BELLM_PROMPT``), tokenized
 once at start-up (text truncated so the prompt's closing ``"`` stays last, see
 :func:`bellm.train_data.prompt_token_ids`), and the anchors, positives and negatives of a micro-batch run as
-**one packed varlen forward** (no padding) through the model patched by :func:`bellm.patch.patch`; embeddings
+**one packed varlen forward** (no padding) through the model patched by :func:`bellm.patch`; embeddings
 are ``bellm_kernels.pool(mode="last")`` (with its backward). AdamW, warmup + linear/cosine decay
 (transformers' schedulers), gradient accumulation, bf16 autocast on CUDA, optional gradient checkpointing and
 4-bit loading (bitsandbytes, CUDA only).
@@ -194,7 +194,7 @@ def build_model(config: TrainConfig, device: torch.device):
     from peft import LoraConfig, get_peft_model
 
     from bellm.models import load_model_and_tokenizer
-    from bellm.patch import patch
+    from bellm.surgery import patch
 
     if config.load_in_4bit:
         model, tokenizer = _load_4bit(config, device)
@@ -712,7 +712,7 @@ def cli_main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m bellm.train ...
+if __name__ == "__main__":  # python -m bellm train ...
     p = argparse.ArgumentParser(prog="bellm train")
     add_cli_arguments(p)
     raise SystemExit(cli_main(p.parse_args()))
