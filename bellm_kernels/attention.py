@@ -52,8 +52,7 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr):
     """(row0, win_len, lo, hi): first row of the window in ``(rows, ...)`` coordinates, its length and the
-    range
-    of positions inside it that may hold real tokens."""
+    range of positions inside it that may hold real tokens."""
     if IS_VARLEN:
         start = tl.load(cu_seqlens + i_b)
         win_len = tl.load(cu_seqlens + i_b + 1) - start
@@ -805,33 +804,28 @@ def attention(
             padded ``(batch, seqlen, heads, head_dim)`` or packed ``(total_tokens, heads, head_dim)``.
         k, v (torch.Tensor):
             ``(batch, seqlen, kv_heads, head_dim)`` or ``(total_tokens, kv_heads, head_dim)``, same dtype and
-            device
-            as q. GQA: ``heads % kv_heads == 0`` and query head ``h`` uses kv head ``h // (heads //
-            kv_heads)``
-            (q with 6 heads and k/v with 2: heads 0, 1, 2 use kv head 0). head_dim: a multiple of 8 from 16
-            to 256.
+            device as q. GQA: ``heads % kv_heads == 0`` and query head ``h`` uses kv head
+            ``h // (heads // kv_heads)`` (q with 6 heads and k/v with 2: heads 0, 1, 2 use kv head 0).
+            head_dim: a multiple of 8 from 16 to 256.
         causal (bool):
             True: query ``i`` sees keys ``j <= i`` of its own sequence; False: every key of its own sequence.
             Per call, so a model can mix causal and bidirectional layers.
         cu_seqlens (torch.Tensor):
             packed layout only: int32 ``(num_seqs + 1,)``, ``[0, ..., total_tokens]``, non-decreasing
-            (zero-length
-            sequences allowed). Sequences never attend across their boundaries. Default: ``None``.
+            (zero-length sequences allowed). Sequences never attend across their boundaries. Default: ``None``.
         max_seqlen (int):
             packed layout only: at least the longest sequence (it sizes the launch grid). Default: ``None``.
         attention_mask (torch.Tensor):
             padded layout only: ``(batch, seqlen)`` bool or 0/1 integer, 1 = real token, padding on either
-            side or
-            mixed. Key ``j`` is visible to query ``i`` iff ``attention_mask[b, j]`` and (not causal or ``j <=
-            i``).
-            ``None`` with no ``cu_seqlens`` means a dense batch without padding. Default: ``None``.
+            side or mixed. Key ``j`` is visible to query ``i`` iff ``attention_mask[b, j]`` and
+            (not causal or ``j <= i``). ``None`` with no ``cu_seqlens`` means a dense batch without padding.
+            Default: ``None``.
         scale (float):
             softmax scale. Default: ``head_dim ** -0.5``.
 
     Returns:
         A tensor shaped like ``q`` in ``q.dtype`` (float32 accumulation inside). Padded query rows, and rows
-        that
-        see no key, are zeros, with zero gradients (never NaN).
+        that see no key, are zeros, with zero gradients (never NaN).
 
     Raises:
         TypeError / ValueError before any launch, naming the value and the fix: unsupported or mismatched
@@ -840,8 +834,7 @@ def attention(
         ``attention_mask`` and ``cu_seqlens`` together, ``max_seqlen`` missing, misplaced or too small.
 
     CUDA tensors run the Triton kernels; CPU tensors run :func:`bellm_kernels.reference.attention`, or the
-    Triton
-    kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` (tests).
+    Triton kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` (tests).
     """
     key_mask, scale = _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale)
     if not _checks.use_triton(q):

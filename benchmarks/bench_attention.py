@@ -8,21 +8,16 @@ Full run (CUDA, bfloat16, head_dim 128, causal and bidirectional):
 
 Peers, each in its native layout (layout changes happen outside the timing): SDPA with the flash, cuDNN and
 efficient backends (``sdpa-flash`` etc.; for the packed case the batch is padded to the longest sequence with
-a
-boolean mask, ``*-padded``, and flash, which takes no mask, is skipped), FlexAttention (``flex``, compiled;
-its
-BlockMask is built once outside the timing and its build time is in ``note``), ``varlen_attn``
+a boolean mask, ``*-padded``, and flash, which takes no mask, is skipped), FlexAttention (``flex``, compiled;
+its BlockMask is built once outside the timing and its build time is in ``note``), ``varlen_attn``
 (``torch.nn.attention.varlen``, when present) and flash-attn (when importable). A peer that cannot run gives a
 ``skipped`` row with the reason.
 
 ``tflops`` counts useful work only: ``4 * H * D * sum(L_i ** 2)``, halved when causal, times 3.5 for fwd+bwd;
-padded
-peers do more work than that, which is the point. Before timing, every ``bellm`` group is checked against
-``bellm_kernels.reference.attention`` (float32 maths) on the same inputs (a slice for the big shapes): output
-and
-dq/dk/dv with one upstream grad; the maximum errors and PASS/FAIL are in the ``bellm`` rows' ``note``. A
-second
-check runs the packed shape in float16.
+padded peers do more work than that, which is the point. Before timing, every ``bellm`` group is checked
+against ``bellm_kernels.reference.attention`` (float32 maths) on the same inputs (a slice for the big shapes):
+output and dq/dk/dv with one upstream grad; the maximum errors and PASS/FAIL are in the ``bellm`` rows'
+``note``. A second check runs the packed shape in float16.
 
 ``smoke=True`` runs tiny float32 shapes on CPU in seconds (``bellm`` goes through the Triton interpreter when
 ``TRITON_INTERPRET=1``, otherwise the reference path) and never judges speed.

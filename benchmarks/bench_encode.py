@@ -1,16 +1,12 @@
 """End-to-end encode benchmark: bellm.Encoder vs HF sdpa padded batches (unsorted / length-sorted, batch 64)
-and
-sentence-transformers' encode, on the same model in one run.
+and sentence-transformers' encode, on the same model in one run.
 
 - GPU: a random-weight LLaMA-2-7B-shaped ``LlamaModel`` in bf16, built on the GPU from a config (no download).
 - CPU: the SmolLM2-135M shape (30 layers, hidden 576, GQA 9/3) with random fp32 weights; 64 sentences per
-group
-  (the GPU run uses 2048) to fit 2 shared cores.
+  group (the GPU run uses 2048) to fit 2 shared cores.
 - Groups: ``synthetic`` = sentences of uniform 16..96 tokens (a word-level tokenizer with one token per word,
-no
-  prompt, last-token pooling); ``stsb`` = the real STS-B test sentences with the SmolLM2 tokenizer (when the
-  GGUF is
-  present) and BeLLM's prompt.
+  no prompt, last-token pooling); ``stsb`` = the real STS-B test sentences with the SmolLM2 tokenizer (when
+  the GGUF is present) and BeLLM's prompt.
 - ``tokens_per_s`` counts real tokens (no padding); ``roofline_frac`` = tokens/s over the GEMM roofline
   ``matmul_rate / (2 * non-embedding params)``, the matmul rate measured in the same run. Nothing asserts on
   speed.

@@ -1,9 +1,8 @@
 """bellm_kernels.attention (Triton) against bellm_kernels.reference.attention (float32 maths).
 
 On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), in float32 and float16;
-bf16
-`tl.dot` is wrong in the interpreter, so bf16 runs only on CUDA (`gpu` marker). Every launcher allocation is
-poisoned with NaN, so a row the kernels forget to write fails the test. Inputs are fresh random tensors.
+bf16 `tl.dot` is wrong in the interpreter, so bf16 runs only on CUDA (`gpu` marker). Every launcher allocation
+is poisoned with NaN, so a row the kernels forget to write fails the test. Inputs are fresh random tensors.
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ def _char_tokenizer_json() -> str:
 
 def char_tokenizer():
     """A ``PreTrainedTokenizerFast``: one token per printable ASCII character (ids 4..98), BOS ``<s>`` (1)
-    prepended,
-    pad ``<pad>`` (0), right padding. Fits a tiny model with ``vocab=128``."""
+    prepended, pad ``<pad>`` (0), right padding. Fits a tiny model with ``vocab=128``."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -113,8 +112,7 @@ SENTENCES = [
 
 class FakeEncoder:
     """Stands in for :class:`bellm.Encoder` in corpus tests: a deterministic embedding per text (a seeded RNG
-    on
-    the text's sha256), ``sleep`` seconds per call so a test can kill a run mid-way; counts the texts it
+    on the text's sha256), ``sleep`` seconds per call so a test can kill a run mid-way; counts the texts it
     encoded."""
 
     dim = 8

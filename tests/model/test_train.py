@@ -1,5 +1,4 @@
-"""BeLLM training on CPU with a tiny random Llama (hidden 64, 4 layers, the real SmolLM2 tokenizer's
-vocabulary)
+"""BeLLM training on CPU with a tiny random Llama (hidden 64, 4 layers, the real SmolLM2 tokenizer's vocabulary)
 and the real SNLI triplets: loss decreases, gradients reach LoRA below and above k, the packed step equals a
 padded eager reference, kill -9 + resume is bitwise identical, 2-process gloo DDP equals one process with the
 global batch, the adapter round-trips, bad input fails clearly."""
@@ -21,8 +20,8 @@ import torch
 from tiny_models import tiny_model
 
 from bellm import losses
-from bellm.trainer import TrainConfig, batch_loss, build_model, train
 from bellm.train_data import DataError, prompt_token_ids, read_train_data
+from bellm.trainer import TrainConfig, batch_loss, build_model, train
 
 ROOT = Path(__file__).resolve().parents[2]
 NLI = ROOT.parent / "shared" / "data" / "nli" / "snli_devtest_triplets.tsv.gz"
