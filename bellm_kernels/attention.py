@@ -829,9 +829,9 @@ def attention(
 
     Raises:
         TypeError / ValueError before any launch, naming the value and the fix: unsupported or mismatched
-        dtypes,
-        devices, ranks or shapes, ``heads % kv_heads != 0``, unsupported head_dim, malformed ``cu_seqlens``,
-        ``attention_mask`` and ``cu_seqlens`` together, ``max_seqlen`` missing, misplaced or too small.
+        dtypes, devices, ranks or shapes, ``heads % kv_heads != 0``, unsupported head_dim, malformed
+        ``cu_seqlens``, ``attention_mask`` and ``cu_seqlens`` together, ``max_seqlen`` missing, misplaced or too
+        small.
 
     CUDA tensors run the Triton kernels; CPU tensors run :func:`bellm_kernels.reference.attention`, or the
     Triton kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` (tests).
