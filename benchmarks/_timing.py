@@ -76,3 +76,36 @@ def environment() -> dict:
     except (OSError, subprocess.CalledProcessError):
         pass
     return info
+
+
+_TABLE_ORDER = ("group", "impl", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "tokens_per_s",
+                "roofline_frac", "peak_mem_mb")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows of a benchmark module as one markdown table: the usual columns first, then any others."""
+    columns = [c for c in _TABLE_ORDER if any(c in r for r in rows)]
+    columns += sorted({c for r in rows for c in r} - set(columns) - {"note", "skipped"})
+    columns += [c for c in ("note", "skipped") if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            cells.append("" if value is None else (f"{value:,.4g}" if isinstance(value, float) else str(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def script_main(collect, description: str) -> None:
+    """``python -m benchmarks.bench_<name> [--smoke]``: run ``collect`` and print the environment and the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, seconds on CPU (never judges speed)")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    rows = collect(smoke=args.smoke)
+    print(environment())
+    print(markdown_table(rows))
+    print(f"(total {time.perf_counter() - t0:.0f} s)")

@@ -27,7 +27,6 @@ output and dq/dk/dv with one upstream grad; the maximum errors and PASS/FAIL are
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import time
 
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bellm_kernels import attention, reference
-from benchmarks._timing import environment, measure
+from benchmarks._timing import measure, script_main
 
 _ERRORS = (RuntimeError, NotImplementedError, TypeError, ValueError, AssertionError)
 # (output, gradient) tolerances relative to max(1, max |reference|)
@@ -430,26 +429,8 @@ def collect(smoke: bool = False) -> list[dict]:
     return rows
 
 
-def _markdown(rows: list[dict]) -> str:
-    cols = ["group", "impl", "median_ms", "p20_ms", "p80_ms", "tflops", "peak_mem_mb", "note", "skipped"]
-    cols = [c for c in cols if any(c in r for r in rows)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, seconds, no speed claims")
-    args = parser.parse_args()
-    rows = collect(smoke=args.smoke)
-    print(environment())
-    print(_markdown(rows))
+    script_main(collect, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

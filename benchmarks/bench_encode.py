@@ -16,17 +16,15 @@ and sentence-transformers' encode, on the same model in one run.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import gzip
 import random
 import tempfile
-import time
 
 import torch
 
-from benchmarks._timing import environment, measure
+from benchmarks._timing import measure, script_main
 
 BATCH = 64
 
@@ -294,43 +292,8 @@ def collect(smoke: bool = False) -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    cols = [
-        "group",
-        "impl",
-        "median_ms",
-        "p20_ms",
-        "p80_ms",
-        "tokens_per_s",
-        "roofline_frac",
-        "peak_mem_mb",
-        "max_abs_diff_vs_hf",
-        "note",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['group']} | {r['impl']} | skipped: {r['skipped']} |" + " |" * (len(cols) - 3))
-            continue
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append("" if v is None else (f"{v:,.4g}" if isinstance(v, float) else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny shapes, seconds on CPU (never judges speed)"
-    )
-    args = parser.parse_args()
-    t0 = time.perf_counter()
-    rows = collect(smoke=args.smoke)
-    print(environment())
-    print(_table(rows))
-    print(f"(total {time.perf_counter() - t0:.0f} s)")
+    script_main(collect, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

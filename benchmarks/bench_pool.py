@@ -19,13 +19,11 @@ seconds (there ``bellm`` is the reference path) and never judges speed.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
 from bellm_kernels import pool
-from benchmarks._timing import environment, measure
+from benchmarks._timing import measure, script_main
 
 
 def _st_masked_mean(hidden, mask, normalize=False):
@@ -164,31 +162,16 @@ def collect(smoke: bool = False) -> list[dict]:
         # backward writes grad_hidden once (plus the forward's read for mean)
         rows.append(_row(f"{group} fwd+bwd", impl, run, device, fwd_bytes + nbytes, copy_gbps, peak=True))
     if smoke:
+        from bellm_kernels._checks import use_triton
+
+        path = "the Triton interpreter" if use_triton(torch.zeros(1)) else "the reference path"
         for row in rows:
-            row["note"] = "smoke (CPU, tiny shapes; bellm runs the reference path): not a speed result"
+            row["note"] = f"smoke (CPU, tiny shapes; bellm runs {path}): not a speed result"
     return rows
 
 
-def _markdown(rows: list[dict]) -> str:
-    cols = ["group", "impl", "median_ms", "p20_ms", "p80_ms", "gbps", "peak_mem_mb", "note", "skipped"]
-    cols = [c for c in cols if any(c in r for r in rows)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, seconds, no speed claims")
-    args = parser.parse_args()
-    rows = collect(smoke=args.smoke)
-    print(environment())
-    print(_markdown(rows))
+    script_main(collect, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

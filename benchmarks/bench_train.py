@@ -24,14 +24,13 @@ kernel claim). ``smoke=True``: a 2-layer hidden-64 model, seconds on CPU, never 
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
 
 import torch
 
-from benchmarks._timing import environment, measure
+from benchmarks._timing import measure, script_main
 
 LLAMA2_7B = dict(
     hidden_size=4096,
@@ -235,27 +234,8 @@ def collect(smoke: bool = False) -> list[dict]:
     return rows
 
 
-def _markdown(rows: list[dict]) -> str:
-    lines = ["| group | impl | median ms | p20 | p80 | tokens/s | peak MB | note |", "|---" * 8 + "|"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['group']} | {r['impl']} | skipped: {r['skipped']} | | | | | |")
-            continue
-        peak = f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "-"
-        lines.append(
-            f"| {r['group']} | {r['impl']} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} "
-            f"| {r['tokens_per_s']:.0f} | {peak} | {r['note']} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, seconds, no speed claims")
-    args = parser.parse_args()
-    rows = collect(smoke=args.smoke)
-    print(environment())
-    print(_markdown(rows))
+    script_main(collect, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
