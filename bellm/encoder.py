@@ -370,13 +370,16 @@ class Encoder:
 
     # ------------------------------------------------------------------ encoding
     def _hidden(self, batch) -> torch.Tensor:
-        """Last hidden state ``(T, dim)`` of one packed batch."""
-        out = self.model(**batch.model_kwargs(), use_cache=False)
-        hidden = getattr(out, "last_hidden_state", None)
-        if hidden is None:
-            out = self.model(**batch.model_kwargs(), use_cache=False, output_hidden_states=True)
-            hidden = out.hidden_states[-1]
-        return hidden[0]
+        """Last hidden state ``(T, dim)`` of one packed batch.
+
+        Runs the decoder backbone (``model.base_model``): for a ``*ForCausalLM`` this skips the vocabulary-sized
+        LM head, whose logits an encoder never reads.
+        """
+        model = self.model
+        if callable(getattr(model, "get_base_model", None)):  # an unmerged peft model: LoRA layers stay injected
+            model = model.get_base_model()
+        backbone = getattr(model, "base_model", model)
+        return backbone(**batch.model_kwargs(), use_cache=False).last_hidden_state[0]
 
     def _encode(
         self,
@@ -415,9 +418,6 @@ class Encoder:
         with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="encode") as bar:
             for local in plan_batches(lengths, budget, batch_size):
                 rows = [nonempty[j] for j in local]
-                # Built outside inference_mode: the kernels cache checks on cu_seqlens by tensor version,
-                # which
-                # inference tensors do not have.
                 batch = pack(ids, rows).to(device)
                 pool_mask = None
                 if use_mask:

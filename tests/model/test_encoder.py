@@ -73,6 +73,24 @@ def test_last_layer_bidirectional_equals_causal_for_last_pooling(tok):
     np.testing.assert_allclose(a, b, atol=ATOL)
 
 
+def test_causal_lm_and_unmerged_peft_encode_like_the_base_model(tok):
+    """A *ForCausalLM (and a peft model around one) is encoded through its backbone: same embeddings."""
+    import peft
+
+    base = tiny_model("llama", seed=3, vocab=len(tok))
+    lm = tiny_model("llama", seed=3, vocab=len(tok), causal_lm=True)
+    lm.model.load_state_dict(base.state_dict())
+    want = Encoder(base, tok, from_layer=1).encode(SENTENCES)
+    np.testing.assert_allclose(Encoder(lm, tok, from_layer=1).encode(SENTENCES), want, atol=1e-6)
+
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = peft.get_peft_model(copy.deepcopy(lm), config)
+    merged = copy.deepcopy(wrapped).merge_and_unload()
+    got = Encoder(wrapped, tok, from_layer=1).encode(SENTENCES)
+    np.testing.assert_allclose(got, Encoder(merged, tok, from_layer=1).encode(SENTENCES), atol=1e-5)
+    assert not np.allclose(got, want, atol=1e-3)  # the adapter is really applied
+
+
 def test_exclude_prompt_mean_pools_text_tokens_only(tok):
     model = _model()
     enc = _encoder(model, tok, pooling="mean", prompt=BELLM_PROMPT, exclude_prompt=True)
