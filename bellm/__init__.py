@@ -30,5 +30,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 def __getattr__(name: str):
     if name in _EXPORTS:
         module = importlib.import_module(_EXPORTS[name])
-        return module if name == "losses" else getattr(module, name)
+        value = module if name == "losses" else getattr(module, name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'bellm' has no attribute {name!r}")
