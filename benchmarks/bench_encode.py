@@ -24,6 +24,7 @@ import tempfile
 
 import torch
 
+from benchmarks._shapes import LLAMA2_7B, SMOLLM2_135M, TINY
 from benchmarks._timing import measure, script_main
 
 BATCH = 64
@@ -36,39 +37,13 @@ def _device() -> torch.device:
 def _config(smoke: bool, device: torch.device, vocab: int):
     from transformers import LlamaConfig
 
-    if smoke:
-        shape = dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    elif device.type == "cuda":  # LLaMA-2-7B
-        shape = dict(
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-        )
-    else:  # SmolLM2-135M
-        shape = dict(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            rope_theta=100000.0,
-            tie_word_embeddings=True,
-        )
+    shape = TINY if smoke else (LLAMA2_7B if device.type == "cuda" else SMOLLM2_135M)
     return LlamaConfig(
-        vocab_size=vocab,
+        **{**shape, "vocab_size": vocab},
         max_position_embeddings=2048,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        **shape,
     )
 
 

@@ -30,32 +30,8 @@ import time
 
 import torch
 
+from benchmarks._shapes import LLAMA2_7B, SMOLLM2_135M, TINY
 from benchmarks._timing import measure, script_main
-
-LLAMA2_7B = dict(
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    vocab_size=32000,
-)
-SMOLLM2_135M = dict(
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    vocab_size=49152,
-)
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=49152,
-)
 
 
 def _triplets(n: int, vocab: int, max_length: int = 60) -> list[list[list[int]]]:
