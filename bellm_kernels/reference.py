@@ -25,20 +25,23 @@ def _seqlens(cu_seqlens: torch.Tensor) -> list[int]:
     return [b - a for a, b in zip(values[:-1], values[1:])]
 
 
-def _pad_packed(x: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scatter packed ``x (total, ...)`` into ``(num_seqs, max_len, ...)``.
+def _packed_index(cu_seqlens: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where packed tokens go in a padded ``(num_seqs, max_len)`` batch.
 
-    Returns ``(padded, token_mask (num_seqs, max_len) bool, flat_index (total,))`` where ``flat_index[t]`` is the
-    position of packed token t in the flattened ``(num_seqs * max_len)`` padded layout.
+    Returns ``(token_mask (num_seqs, max_len) bool, flat_index (total,))``: ``flat_index[t]`` is the position of
+    packed token t in the flattened ``(num_seqs * max_len)`` padded layout.
     """
     lengths = _seqlens(cu_seqlens)
-    num_seqs, max_len = len(lengths), max(lengths, default=0)
-    lengths_t = torch.tensor(lengths, device=x.device, dtype=torch.long)
-    token_mask = torch.arange(max_len, device=x.device)[None, :] < lengths_t[:, None]
-    flat_index = token_mask.reshape(-1).nonzero().squeeze(-1)
-    padded = x.new_zeros((num_seqs * max_len, *x.shape[1:]))
-    padded = padded.index_copy(0, flat_index, x).reshape(num_seqs, max_len, *x.shape[1:])
-    return padded, token_mask, flat_index
+    max_len = max(lengths, default=0)
+    lengths_t = torch.tensor(lengths, device=device, dtype=torch.long)
+    token_mask = torch.arange(max_len, device=device)[None, :] < lengths_t[:, None]
+    return token_mask, token_mask.reshape(-1).nonzero().squeeze(-1)
+
+
+def _scatter_padded(x: torch.Tensor, token_mask: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+    """Packed ``x (total, ...)`` -> padded ``(num_seqs, max_len, ...)`` with zeros at the pads."""
+    padded = x.new_zeros((token_mask.numel(), *x.shape[1:])).index_copy(0, flat_index, x)
+    return padded.reshape(*token_mask.shape, *x.shape[1:])
 
 
 def _padded_attention(q, k, v, key_mask, causal: bool, scale: float) -> torch.Tensor:
@@ -81,9 +84,8 @@ def attention(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if cu_seqlens is not None:
-        qp, token_mask, flat_index = _pad_packed(q, cu_seqlens)
-        kp, _, _ = _pad_packed(k, cu_seqlens)
-        vp, _, _ = _pad_packed(v, cu_seqlens)
+        token_mask, flat_index = _packed_index(cu_seqlens, q.device)
+        qp, kp, vp = (_scatter_padded(x, token_mask, flat_index) for x in (q, k, v))
         out = _padded_attention(qp, kp, vp, token_mask, causal, scale)
         out = out.reshape(-1, *out.shape[2:]).index_select(0, flat_index)
         return out.to(q.dtype)
@@ -108,7 +110,8 @@ def pool(
     padding side. A sequence with no pooled token gives zeros. ``normalize`` divides by ``max(||x||_2, 1e-12)``.
     """
     if cu_seqlens is not None:
-        padded, token_mask, flat_index = _pad_packed(hidden, cu_seqlens)
+        token_mask, flat_index = _packed_index(cu_seqlens, hidden.device)
+        padded = _scatter_padded(hidden, token_mask, flat_index)
         if pool_mask is not None:
             pm = torch.zeros(token_mask.numel(), dtype=torch.bool, device=hidden.device)
             pm[flat_index] = pool_mask.bool()
