@@ -128,6 +128,7 @@ def test_results_md_is_generated_from_json_and_marked_smoke(smoke):
     assert cells == expected
     assert "86.29" in text and "85.96" in text  # the paper's rows, for scale
     assert "## 4. Reading" in text and "BeLLM - causal" in text
+    assert "paired bootstrap over the evaluated pairs" in text  # test-pair noise of the headline
 
 
 def test_rerun_skips_everything_refuses_other_settings_and_reports(smoke):
@@ -152,3 +153,66 @@ def test_bad_options_fail_clearly(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     proc = _run("--report", "--output", str(tmp_path / "z"))
     assert proc.returncode == 2 and "holds no run" in proc.stderr
+
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bellm_reproduce_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pair_bootstrap_is_paired_and_signed(smoke, tmp_path):
+    rep = _load_script()
+    settings = rep.Settings(**json.loads((smoke / "settings.json").read_text()))
+    run = rep.Run(smoke, settings, progress=False)
+    d = _stage(smoke, "turning_point")["design"]
+    seeds = settings.seeds
+    boot = rep.pair_bootstrap(run, d, seeds, n_boot=200)
+    assert boot is not None and boot["lo"] <= boot["hi"] and 0.0 <= boot["share_le_0"] <= 1.0
+    # BeLLM's embeddings replaced by causal's: every paired resample differs by exactly 0
+    copy = tmp_path / "run"
+    (copy / "cache").mkdir(parents=True)
+    (copy / "stages").mkdir()
+    bellm_name = f"bellm-k{d['k_bellm']}"
+    for seed in seeds:
+        causal = smoke / "cache" / f"eval-causal-seed{seed}.npz"
+        (copy / "cache" / causal.name).write_bytes(causal.read_bytes())
+        (copy / "cache" / f"eval-{bellm_name}-seed{seed}.npz").write_bytes(causal.read_bytes())
+    same = rep.pair_bootstrap(rep.Run(copy, settings, progress=False), d, seeds, n_boot=200)
+    assert same is not None and same["lo"] == 0.0 and same["hi"] == 0.0 and same["share_le_0"] == 1.0
+    # swapping the arms flips the sign of the interval
+    for seed in seeds:
+        c = copy / "cache" / f"eval-causal-seed{seed}.npz"
+        b = copy / "cache" / f"eval-{bellm_name}-seed{seed}.npz"
+        c.write_bytes((smoke / "cache" / f"eval-{bellm_name}-seed{seed}.npz").read_bytes())
+        b.write_bytes((smoke / "cache" / f"eval-causal-seed{seed}.npz").read_bytes())
+    flipped = rep.pair_bootstrap(rep.Run(copy, settings, progress=False), d, seeds, n_boot=200)
+    assert flipped["lo"] == pytest.approx(-boot["hi"]) and flipped["hi"] == pytest.approx(-boot["lo"])
+    (copy / "cache" / f"eval-causal-seed{seeds[0]}.npz").unlink()
+    assert rep.pair_bootstrap(rep.Run(copy, settings, progress=False), d, seeds) is None  # no cache: no claim
+
+
+def test_row_spearman_matches_scipy():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    rep = _load_script()
+    rng = np.random.default_rng(3)
+    pred, gold = rng.normal(size=(6, 33)), np.round(rng.normal(size=(6, 33)), 1)  # ties in gold
+    got = rep._row_spearman(pred.copy(), gold.copy())
+    assert np.allclose(got, [spearmanr(pred[i], gold[i]).statistic for i in range(6)], atol=1e-12)
+    assert np.isnan(rep._row_spearman(np.ones((1, 5)), gold[:1, :5])).all()  # constant: undefined
+
+
+def test_cli_budget_options():
+    rep = _load_script()
+    parse = rep.build_parser().parse_args
+    assert rep.settings_from_args(parse(["--eval-max-pairs", "0"])).eval_max_pairs is None  # every pair
+    assert rep.settings_from_args(parse(["--preset", "paper"])).eval_max_pairs is None  # the paper protocol
+    default = rep.settings_from_args(parse([]))
+    assert len(default.seeds) >= 3 and default.eval_max_pairs == 300 and default.steps == 100
+    assert rep.settings_from_args(parse(["--smoke"])).seeds == [42, 43]
