@@ -25,13 +25,15 @@ exists; training resumes from its own checkpoints, evaluation from a persisted e
    (below).
 4. ``untrained-<row>``: :func:`bellm.evaluate_sts` (paper protocol, seven sets; on the CPU preset 300 sampled
    pairs per set, the same for every row, ``--eval-max-pairs 0`` for every pair) of the untrained model:
-   causal, bidirectional from ``k``, all-bidirectional, and the measured identity row ``from_layer=-1`` +
-   last-token pooling, which equals causal exactly (findings #1) and is therefore shown, not trained.
+   causal, bidirectional from ``k``, all-bidirectional, the measured identity row ``from_layer=-1`` +
+   last-token pooling, which equals causal exactly (findings #1) and is therefore shown, not trained, and
+   mean pooling causal vs ``from_layer=-1`` (the last layer's bidirectionality alone, untrained).
 5. ``train-<arm>-seed<s>`` / ``eval-<arm>-seed<s>``: :func:`bellm.train` with one budget for every arm (same
    data, steps, batch, LoRA, learning rate, seed) and :func:`bellm.evaluate_sts` of
    ``Encoder.from_pretrained(base, adapter=..., from_layer=..., pooling=...)``. Arms: causal; BeLLM from
    ``k``; a second depth (the upper quarter of the layers); all-bidirectional (``from_layer=0``); the last
-   layer bidirectional with *mean* pooling (where the last layer can matter). The headline pair (causal,
+   layer bidirectional with *mean* pooling (where the last layer can matter) and its control, causal with
+   mean pooling. The headline pair (causal,
    BeLLM) runs with every seed in ``--seeds`` (at least two; default three) for seed-to-seed spread, and the
    report adds a paired bootstrap over the evaluated test pairs (:func:`pair_bootstrap`); the others with the
    first seed.
@@ -134,8 +136,8 @@ class Settings:
     gradient_checkpointing: bool = False
     tp_pairs: int | None = None  # STS-B dev pairs for the turning point (None: all 1500)
     # Pairs sampled (fixed seed 0, the same pairs for every row) per STS test set. None: every pair, the paper
-    # protocol (18,850 pairs, 26,289 sentences: ~20 min per row on 2 cores, ~4 h for the 11 rows); 300 per set
-    # (2,100 pairs, 3,898 sentences) keeps the whole CPU run to about two hours.
+    # protocol (18,850 pairs, 26,289 sentences: ~20 min per row on 2 cores, over 5 h for 16 rows); 300 per set
+    # (2,100 pairs, 3,898 sentences) keeps the whole CPU run (16 evaluations) to about two hours.
     eval_max_pairs: int | None = 300
     encode_batch_size: int | None = None
     smoke: bool = False
@@ -399,6 +401,18 @@ class Run:
                 "from_layer": 0,
                 "pooling": "last",
             },
+            {
+                "name": "causal-mean",
+                "label": "causal, mean pooling",
+                "from_layer": L,
+                "pooling": "mean",
+            },
+            {
+                "name": "last-layer-mean",
+                "label": f"from_layer=-1 ({L - 1}), mean pooling",
+                "from_layer": L - 1,
+                "pooling": "mean",
+            },
         ]
 
     def arms(self, d: dict) -> list[dict]:
@@ -431,6 +445,13 @@ class Run:
                 "name": "last-layer-mean",
                 "label": f"from_layer=-1 ({L - 1}), mean pooling",
                 "from_layer": L - 1,
+                "pooling": "mean",
+                "seeds": first,
+            },
+            {  # the control that isolates the last layer's bidirectionality in the arm above
+                "name": "causal-mean",
+                "label": "causal, mean pooling (control)",
+                "from_layer": L,
                 "pooling": "mean",
                 "seeds": first,
             },
@@ -1093,14 +1114,30 @@ def _other_readings(run: Run, d: dict) -> list[str]:
             f"bidirectional from k={d['k_bellm']}: {_fmt(ua['average']) if ua else 'not run'} "
             "(findings #3: without training, bidirectionality low in the stack destroys the embedding)."
         )
+    cm, lm = run.done("untrained-causal-mean"), run.done("untrained-last-layer-mean")
+    if cm and lm and cm["average"] is not None and lm["average"] is not None:
+        out.append(
+            f"- Untrained, mean pooling: last layer bidirectional {_fmt(lm['average'])} vs causal "
+            f"{_fmt(cm['average'])} ({lm['average'] - cm['average']:+.2f}): the last layer's bidirectionality "
+            "alone, where the pooling can see it."
+        )
     seed = run.settings.seeds[0]
     tc = run.done(f"eval-causal-seed{seed}")
     for arm in run.arms(d)[2:]:
         r = run.done(f"eval-{arm['name']}-seed{seed}")
         if tc and r and r["average"] is not None and tc["average"] is not None:
+            caveat = ""
+            control = run.done(f"eval-causal-mean-seed{seed}")
+            if arm["name"] == "last-layer-mean" and control and control["average"] is not None:
+                caveat = (
+                    f"; against the causal mean-pooling control {_fmt(control['average'])}: "
+                    f"{r['average'] - control['average']:+.2f}, the last layer's bidirectionality alone"
+                )
+            elif arm["pooling"] != "last":
+                caveat = "; the pooling differs too (mean, not last token)"
             out.append(
                 f"- Trained, {arm['label']}: {_fmt(r['average'])} vs causal {_fmt(tc['average'])} "
-                f"({r['average'] - tc['average']:+.2f}, seed {seed}, one seed: no spread)."
+                f"({r['average'] - tc['average']:+.2f}, seed {seed}, one seed: no spread{caveat})."
             )
     return out
 

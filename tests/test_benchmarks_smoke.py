@@ -23,8 +23,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _row(group, impl, median, **extra):
-    return {"group": group, "impl": impl, "median_ms": median, "p20_ms": median * 0.9, "p80_ms": median * 1.1,
-            **extra}
+    return {
+        "group": group,
+        "impl": impl,
+        "median_ms": median,
+        "p20_ms": median * 0.9,
+        "p80_ms": median * 1.1,
+        **extra,
+    }
 
 
 FAKE_ROWS = [
@@ -70,7 +76,11 @@ def test_runner_records_crashes_and_continues(fake_suite, tmp_path):
     results = json.loads(out.read_text())
     assert results["smoke"] is True and results["schema"] == run.SCHEMA
     assert {m: s["status"] for m, s in results["modules"].items()} == {
-        "fake_ok": "ok", "fake_crash": "crashed", "fake_bad": "crashed", "fake_absent": "absent"}
+        "fake_ok": "ok",
+        "fake_crash": "crashed",
+        "fake_bad": "crashed",
+        "fake_absent": "absent",
+    }
     ok_rows = [r for r in results["rows"] if r["module"] == "fake_ok"]
     assert [(r["group"], r["impl"]) for r in ok_rows] == [(r["group"], r["impl"]) for r in FAKE_ROWS]
     crash_rows = [r for r in results["rows"] if r["module"] == "fake_crash"]
@@ -109,10 +119,23 @@ def test_cpu_quantiles_stay_within_the_measured_times():
 
 
 def _results(rows, **env):
-    environment = {"torch": "2.11.0", "triton": "3.6.0", "transformers": "5.17.0", "python": "3.11.9",
-                   "commit": "abc1234", "date": "2026-11-25T00:00:00+00:00", **env}
-    return {"schema": 1, "smoke": False, "environment": environment, "modules": {}, "errors": [],
-            "rows": [{"module": "fake_ok", **r} for r in rows]}
+    environment = {
+        "torch": "2.11.0",
+        "triton": "3.6.0",
+        "transformers": "5.17.0",
+        "python": "3.11.9",
+        "commit": "abc1234",
+        "date": "2026-11-25T00:00:00+00:00",
+        **env,
+    }
+    return {
+        "schema": 1,
+        "smoke": False,
+        "environment": environment,
+        "modules": {},
+        "errors": [],
+        "rows": [{"module": "fake_ok", **r} for r in rows],
+    }
 
 
 def test_ratio_to_best_peer_on_known_numbers():
@@ -128,8 +151,9 @@ def test_ratio_to_best_peer_on_known_numbers():
     lines = md.splitlines()
     bellm_g1 = next(line for line in lines if line.startswith("| **bellm** | 2 |"))
     assert "**0.67** (1.50× faster)" in bellm_g1 and "100.0" in bellm_g1 and "1.8–2.2" in bellm_g1
-    assert any(line.startswith("| flex | 3 |") and "| 1.00 (fastest peer) | 1.50× |" in line
-               for line in lines)
+    assert any(
+        line.startswith("| flex | 3 |") and "| 1.00 (fastest peer) | 1.50× |" in line for line in lines
+    )
     assert any(line.startswith("| sdpa-flash | 4 |") and "| 1.33 | 2.00× |" in line for line in lines)
     assert any(line.startswith("| index_add | 3 |") and "| 0.50× |" in line for line in lines)
     assert any("flash-attn | skipped" in line and "flash_attn is not importable" in line for line in lines)
@@ -162,8 +186,9 @@ def test_report_refuses_cpu_and_smoke_results_without_allow_cpu(tmp_path):
 
 
 def test_report_on_gpu_results(tmp_path):
-    results = _results(FAKE_ROWS, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", driver="560.35.03",
-                       dirty=True)
+    results = _results(
+        FAKE_ROWS, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", driver="560.35.03", dirty=True
+    )
     results["errors"] = ["fake_crash: collect() raised: RuntimeError('boom')"]
     md = tmp_path / "docs" / "BENCHMARKS.md"
     charts = tmp_path / "charts"
@@ -171,12 +196,17 @@ def test_report_on_gpu_results(tmp_path):
     assert report.main([str(source), "--output", str(md), "--charts-dir", str(charts)]) == 0
     text = md.read_text()
     assert "smoke" not in text.lower()
-    for fact in ("NVIDIA A100-SXM4-80GB (sm 8.0)", "560.35.03", "2.11.0 / 3.6.0 / 5.17.0",
-                 "abc1234 + uncommitted changes",
-                 "2026-11-25", "RuntimeError('boom')"):
+    for fact in (
+        "NVIDIA A100-SXM4-80GB (sm 8.0)",
+        "560.35.03",
+        "2.11.0 / 3.6.0 / 5.17.0",
+        "abc1234 + uncommitted changes",
+        "2026-11-25",
+        "RuntimeError('boom')",
+    ):
         assert fact in text
     link = next(line for line in text.splitlines() if line.startswith("![fake_ok"))
-    target = link[link.index("(") + 1:-1]
+    target = link[link.index("(") + 1 : -1]
     assert target == "../charts/fake_ok.png" and (md.parent / target).read_bytes().startswith(PNG_MAGIC)
 
 
@@ -195,8 +225,14 @@ def test_smoke_suite_end_to_end(tmp_path):
     """The CI path: the real modules' --smoke run, then the report, as subprocesses."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # let the runner choose
     results_path, md = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--output", str(results_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--output", str(results_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = "\n".join(line for line in proc.stdout.splitlines() if line.startswith("[benchmarks]"))
     assert proc.returncode == 0, log + "\n" + proc.stderr[-5000:]
     results = json.loads(results_path.read_text())
@@ -206,9 +242,24 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert all(run.row_problem(r) is None for r in results["rows"])
     assert {r["module"] for r in results["rows"]} == set(present)
 
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", str(results_path), "--allow-cpu",
-                           "--output", str(md), "--charts-dir", str(tmp_path / "charts")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.report",
+            str(results_path),
+            "--allow-cpu",
+            "--output",
+            str(md),
+            "--charts-dir",
+            str(tmp_path / "charts"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = md.read_text()
     assert "not a GPU benchmark" in text or "not a benchmark" in text
@@ -219,10 +270,27 @@ def test_smoke_suite_end_to_end(tmp_path):
     if present:
         name = min(present, key=lambda m: results["modules"][m]["seconds"])
         pb_json = tmp_path / "pb.json"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider",
-                               "--benchmark-only", "--bench-smoke", "--bench-only", name,
-                               f"--benchmark-json={pb_json}"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "benchmarks/",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--benchmark-only",
+                "--bench-smoke",
+                "--bench-only",
+                name,
+                f"--benchmark-json={pb_json}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout[-5000:]
         pb_rows = report.load_results(pb_json)["rows"]
         assert len(pb_rows) == results["modules"][name]["rows"] and {r["module"] for r in pb_rows} == {name}

@@ -66,8 +66,13 @@ def test_ibn_term_matches_hand_formula():
     expected /= 4
     assert losses.ibn_term(a, p, n, tau=tau).item() == pytest.approx(expected, rel=1e-5)
     # without hard negatives only the positives are candidates
-    no_neg = sum(-(tau * _cos(a[i], p[i]) - math.log(sum(math.exp(tau * _cos(a[i], t)) for t in p)))
-                 for i in range(4)) / 4
+    no_neg = (
+        sum(
+            -(tau * _cos(a[i], p[i]) - math.log(sum(math.exp(tau * _cos(a[i], t)) for t in p)))
+            for i in range(4)
+        )
+        / 4
+    )
     assert losses.ibn_term(a, p, None, tau=tau).item() == pytest.approx(no_neg, rel=1e-5)
 
 
@@ -76,8 +81,11 @@ def test_anglel_loss_combines_weighted_terms():
     loss = losses.AnglELoss(cosine_w=0.5, ibn_w=20.0, angle_w=1.0, cosine_tau=10, ibn_tau=15, angle_tau=20)
     x, y = torch.cat([a, a]), torch.cat([p, n])
     labels = torch.cat([torch.ones(6), torch.zeros(6)])
-    expected = (0.5 * losses.cosine_term(x, y, labels, 10) + 20 * losses.ibn_term(a, p, n, 15)
-                + losses.angle_term(x, y, labels, 20))
+    expected = (
+        0.5 * losses.cosine_term(x, y, labels, 10)
+        + 20 * losses.ibn_term(a, p, n, 15)
+        + losses.angle_term(x, y, labels, 20)
+    )
     torch.testing.assert_close(loss(a, p, n), expected.float())
     # the released BeLLM weights are the defaults
     d = losses.AnglELoss()

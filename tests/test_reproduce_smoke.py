@@ -81,6 +81,8 @@ def test_every_stage_ran_and_the_design_is_sane(smoke):
         "untrained-identity-last",
         f"untrained-bellm-k{d['k_bellm']}",
         "untrained-all-bidirectional",
+        "untrained-causal-mean",
+        "untrained-last-layer-mean",
     ]
     for arm, seeds in (
         ("causal", (42, 43)),
@@ -88,6 +90,7 @@ def test_every_stage_ran_and_the_design_is_sane(smoke):
         (f"bidir-k{d['k_quarter']}", (42,)),
         ("all-bidirectional", (42,)),
         ("last-layer-mean", (42,)),
+        ("causal-mean", (42,)),
     ):
         names += [f"train-{arm}-seed{s}" for s in seeds] + [f"eval-{arm}-seed{s}" for s in seeds]
     for n in names:
@@ -111,6 +114,17 @@ def test_identity_row_equals_causal(smoke):
             assert abs(score - other) < 1e-6, task
     bidir = _stage(smoke, "untrained-all-bidirectional")
     assert bidir["scores"] != causal["scores"]  # the patch does change the model below the last layer
+    # with mean pooling the last layer's bidirectionality does reach the embedding
+    import numpy as np
+
+    with (
+        np.load(smoke / "cache" / "untrained-causal-mean.npz") as a,
+        np.load(smoke / "cache" / "untrained-last-layer-mean.npz") as b,
+    ):
+        first = dict(zip(a["sentences"].tolist(), a["embeddings"]))
+        second = dict(zip(b["sentences"].tolist(), b["embeddings"]))
+    assert first.keys() == second.keys()
+    assert max(float(np.abs(first[k] - second[k]).max()) for k in first) > 1e-3
 
 
 def test_results_md_is_generated_from_json_and_marked_smoke(smoke):

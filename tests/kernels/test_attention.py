@@ -109,7 +109,7 @@ def _mask(kind: str, batch: int, seqlen: int) -> torch.Tensor | None:
             m[b, c:] = False
     if kind == "mixed":
         m[0, : seqlen // 3] = False  # left padding
-        m[1, seqlen // 2:] = False  # right padding
+        m[1, seqlen // 2 :] = False  # right padding
         if batch > 2:
             m[2] = False  # a fully padded row
         if batch > 3:
@@ -189,12 +189,14 @@ def test_packed_equals_padded(causal):
             out[index] = x
             return out.reshape(len(lengths), seqlen, *x.shape[1:])
 
-        padded = _run(bellm_kernels.attention, pad(q), pad(k), pad(v), pad(do), causal=causal,
-                      attention_mask=mask)
+        padded = _run(
+            bellm_kernels.attention, pad(q), pad(k), pad(v), pad(do), causal=causal, attention_mask=mask
+        )
         for name, a, b in zip(("out", "dq", "dk", "dv"), packed, padded):
             b = b.reshape(-1, *b.shape[2:])[index]
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5,
-                                       msg=lambda m, n=name, s=side: f"{n} {s}: {m}")
+            torch.testing.assert_close(
+                a, b, atol=1e-5, rtol=1e-5, msg=lambda m, n=name, s=side: f"{n} {s}: {m}"
+            )
 
 
 def test_fully_padded_batch_and_int_mask():
@@ -214,8 +216,9 @@ def test_empty_sequences_packed():
     q, k, v, do = _qkv((8, 2, 32), 1, torch.float32, seed=2)
     _compare(q, k, v, do, causal=False, cu_seqlens=_cu(lengths), max_seqlen=5)
     q, k, v, do = _qkv((0, 2, 32), 1, torch.float32)
-    out, dq, dk, dv = _run(bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu([0, 0]),
-                           max_seqlen=0)
+    out, dq, dk, dv = _run(
+        bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu([0, 0]), max_seqlen=0
+    )
     assert out.shape == (0, 2, 32) and dq.shape == (0, 2, 32) and dk.shape == (0, 1, 32)
 
 
@@ -311,36 +314,63 @@ def _bad_inputs():
         ("k-v-shape", lambda: padded(v=qkv()[2][:, :5]), ValueError, "k and v must have one shape"),
         ("q-k-tokens", lambda: padded(q=qkv()[0][:, :5]), ValueError, "token dimensions"),
         ("head-dim-mismatch", lambda: padded(q=qkv(shape=(2, 6, 4, 64))[0]), ValueError, "head_dim 64"),
-        ("heads-not-divisible", lambda: dict(zip("qkv", qkv(shape=(2, 6, 3, 32), kv=2)), causal=True),
-         ValueError, "multiple of kv_heads"),
-        ("head-dim-300", lambda: dict(zip("qkv", qkv(shape=(1, 3, 2, 300), kv=1)), causal=True),
-         ValueError, "head_dim = 300"),
-        ("head-dim-20", lambda: dict(zip("qkv", qkv(shape=(1, 3, 2, 20), kv=1)), causal=True),
-         ValueError, "head_dim = 20"),
+        (
+            "heads-not-divisible",
+            lambda: dict(zip("qkv", qkv(shape=(2, 6, 3, 32), kv=2)), causal=True),
+            ValueError,
+            "multiple of kv_heads",
+        ),
+        (
+            "head-dim-300",
+            lambda: dict(zip("qkv", qkv(shape=(1, 3, 2, 300), kv=1)), causal=True),
+            ValueError,
+            "head_dim = 300",
+        ),
+        (
+            "head-dim-20",
+            lambda: dict(zip("qkv", qkv(shape=(1, 3, 2, 20), kv=1)), causal=True),
+            ValueError,
+            "head_dim = 20",
+        ),
         ("cu-int64", lambda: {**packed(), "cu_seqlens": _cu([2, 4]).long()}, TypeError, "int32"),
         ("cu-start", lambda: {**packed(), "cu_seqlens": _cu([2, 4]) + 1}, ValueError, "start at 0"),
-        ("cu-decreasing", lambda: {**packed(), "cu_seqlens": torch.tensor([0, 4, 2, 6], dtype=torch.int32,
-                                                                         device=dev)},
-         ValueError, "non-decreasing"),
+        (
+            "cu-decreasing",
+            lambda: {**packed(), "cu_seqlens": torch.tensor([0, 4, 2, 6], dtype=torch.int32, device=dev)},
+            ValueError,
+            "non-decreasing",
+        ),
         ("cu-total", lambda: {**packed(), "cu_seqlens": _cu([2, 3])}, ValueError, "total_tokens"),
         ("cu-2d", lambda: {**packed(), "cu_seqlens": _cu([2, 4])[None]}, ValueError, "1-D"),
-        ("mask-and-cu", lambda: {**packed(), "attention_mask": torch.ones(1, 6, dtype=torch.bool,
-                                                                          device=dev)},
-         ValueError, "not both"),
+        (
+            "mask-and-cu",
+            lambda: {**packed(), "attention_mask": torch.ones(1, 6, dtype=torch.bool, device=dev)},
+            ValueError,
+            "not both",
+        ),
         ("cu-without-max", lambda: {**packed(), "max_seqlen": None}, ValueError, "needs max_seqlen"),
         ("max-without-cu", lambda: padded(max_seqlen=6), ValueError, "without cu_seqlens"),
         ("max-too-small", lambda: {**packed(), "max_seqlen": 3}, ValueError, "max_seqlen = 3"),
         ("max-not-int", lambda: {**packed(), "max_seqlen": 4.0}, TypeError, "must be a Python int"),
-        ("mask-shape", lambda: padded(attention_mask=torch.ones(2, 5, dtype=torch.bool, device=dev)),
-         ValueError, "(batch, seqlen) = (2, 6)"),
+        (
+            "mask-shape",
+            lambda: padded(attention_mask=torch.ones(2, 5, dtype=torch.bool, device=dev)),
+            ValueError,
+            "(batch, seqlen) = (2, 6)",
+        ),
         ("mask-float", lambda: padded(attention_mask=torch.ones(2, 6, device=dev)), TypeError, "bool or 0/1"),
     ]
     if HAS_CUDA:
         cases.append(("device-mismatch", lambda: padded(k=qkv()[1].cpu()), ValueError, "different devices"))
     else:
-        cases.append(("device-mismatch", lambda: padded(attention_mask=torch.ones(2, 6, dtype=torch.bool,
-                                                                                  device="meta")),
-                      ValueError, "different devices"))
+        cases.append(
+            (
+                "device-mismatch",
+                lambda: padded(attention_mask=torch.ones(2, 6, dtype=torch.bool, device="meta")),
+                ValueError,
+                "different devices",
+            )
+        )
     return cases
 
 
@@ -391,10 +421,19 @@ def test_gpu_fp32_is_not_tf32():
 def test_gpu_new_lengths_do_not_retune_or_recompile():
     """After one warm call, new packed lengths (and max_seqlen) must reuse the tuned config and compiled
     kernel."""
+
     def call(lengths):
         q, k, v, do = _qkv((sum(lengths), 8, 64), 2, torch.bfloat16, seed=len(lengths))
-        _run(bellm_kernels.attention, q, k, v, do, causal=True, cu_seqlens=_cu(lengths),
-             max_seqlen=max(lengths))
+        _run(
+            bellm_kernels.attention,
+            q,
+            k,
+            v,
+            do,
+            causal=True,
+            cu_seqlens=_cu(lengths),
+            max_seqlen=max(lengths),
+        )
 
     def compiled():
         counts = []

@@ -43,7 +43,7 @@ def _padded_mask(lengths, side, seqlen, device):
     for i, n in enumerate(lengths):
         row_side = side if side != "mixed" else ("right", "left", "centre")[i % 3]
         lo = {"right": 0, "left": seqlen - n, "centre": (seqlen - n) // 2}[row_side]
-        mask[i, lo:lo + n] = True
+        mask[i, lo : lo + n] = True
     return mask
 
 
@@ -102,8 +102,10 @@ def test_dims_fp16(mode, layout, dim):
     _check(hidden, kwargs, mode, normalize=(layout == "packed"))
 
 
-@pytest.mark.parametrize(("mode", "layout", "normalize"), [("mean", "left", True), ("last", "packed", True),
-                                                          ("first", "right", False)])
+@pytest.mark.parametrize(
+    ("mode", "layout", "normalize"),
+    [("mean", "left", True), ("last", "packed", True), ("first", "right", False)],
+)
 def test_dim_4096(mode, layout, normalize):
     hidden, kwargs = _make(layout, (1, 7), 4096, torch.float16, with_pool_mask=False, seed=3)
     _check(hidden, kwargs, mode, normalize)
@@ -232,31 +234,68 @@ def _bad_inputs():
         ("packed-rank", (h3,), {"mode": "mean", "cu_seqlens": cu}, ValueError, "(2, 5, 16)"),
         ("mask-shape", (h3,), {"mode": "mean", "attention_mask": mask[:, :4]}, ValueError, "(2, 4)"),
         ("mask-float", (h3,), {"mode": "mean", "attention_mask": mask.float()}, TypeError, "torch.float32"),
-        ("pool-mask-shape", (h3,), {"mode": "mean", "attention_mask": mask, "pool_mask": mask[:1]},
-         ValueError, "pool_mask has shape (1, 5)"),
-        ("pool-mask-packed-shape", (h2,), {"mode": "mean", "cu_seqlens": cu, "pool_mask": torch.ones(6)},
-         ValueError, "pool_mask has shape (6,)"),
-        ("pool-mask-packed-float", (h2,), {"mode": "mean", "cu_seqlens": cu, "pool_mask": torch.ones(7)},
-         TypeError, "torch.float32"),
+        (
+            "pool-mask-shape",
+            (h3,),
+            {"mode": "mean", "attention_mask": mask, "pool_mask": mask[:1]},
+            ValueError,
+            "pool_mask has shape (1, 5)",
+        ),
+        (
+            "pool-mask-packed-shape",
+            (h2,),
+            {"mode": "mean", "cu_seqlens": cu, "pool_mask": torch.ones(6)},
+            ValueError,
+            "pool_mask has shape (6,)",
+        ),
+        (
+            "pool-mask-packed-float",
+            (h2,),
+            {"mode": "mean", "cu_seqlens": cu, "pool_mask": torch.ones(7)},
+            TypeError,
+            "torch.float32",
+        ),
         ("cu-dtype", (h2,), {"mode": "mean", "cu_seqlens": cu.long()}, TypeError, "int32"),
-        ("cu-total", (h2,), {"mode": "mean", "cu_seqlens": torch.tensor([0, 3, 6], dtype=torch.int32)},
-         ValueError, "cu_seqlens[-1] = 6"),
-        ("cu-start", (h2,), {"mode": "mean", "cu_seqlens": torch.tensor([1, 3, 7], dtype=torch.int32)},
-         ValueError, "cu_seqlens[0] = 1"),
-        ("cu-decreasing", (h2,), {"mode": "mean", "cu_seqlens": torch.tensor([0, 5, 3, 7],
-                                                                             dtype=torch.int32)},
-         ValueError, "non-decreasing"),
+        (
+            "cu-total",
+            (h2,),
+            {"mode": "mean", "cu_seqlens": torch.tensor([0, 3, 6], dtype=torch.int32)},
+            ValueError,
+            "cu_seqlens[-1] = 6",
+        ),
+        (
+            "cu-start",
+            (h2,),
+            {"mode": "mean", "cu_seqlens": torch.tensor([1, 3, 7], dtype=torch.int32)},
+            ValueError,
+            "cu_seqlens[0] = 1",
+        ),
+        (
+            "cu-decreasing",
+            (h2,),
+            {"mode": "mean", "cu_seqlens": torch.tensor([0, 5, 3, 7], dtype=torch.int32)},
+            ValueError,
+            "non-decreasing",
+        ),
         ("dtype", (h3.double(),), {"mode": "mean", "attention_mask": mask}, TypeError, "torch.float64"),
         ("not-tensor", (h3.tolist(),), {"mode": "mean", "attention_mask": mask}, TypeError, "list"),
-        ("normalize-type", (h3,), {"mode": "mean", "attention_mask": mask, "normalize": "yes"}, TypeError,
-         "'yes'"),
+        (
+            "normalize-type",
+            (h3,),
+            {"mode": "mean", "attention_mask": mask, "normalize": "yes"},
+            TypeError,
+            "'yes'",
+        ),
         ("device", (h3,), {"mode": "mean", "attention_mask": mask.to("meta")}, ValueError, "meta"),
     ]
 
 
 @pytest.mark.parametrize("interpret", ["1", "0"], ids=["triton-path", "reference-path"])
-@pytest.mark.parametrize(("args", "kwargs", "exc", "fragment"), [case[1:] for case in _bad_inputs()],
-                         ids=[case[0] for case in _bad_inputs()])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "fragment"),
+    [case[1:] for case in _bad_inputs()],
+    ids=[case[0] for case in _bad_inputs()],
+)
 def test_bad_input(monkeypatch, interpret, args, kwargs, exc, fragment):
     monkeypatch.setenv("TRITON_INTERPRET", interpret)
 
@@ -277,8 +316,9 @@ def test_bad_input(monkeypatch, interpret, args, kwargs, exc, fragment):
 @pytest.mark.parametrize("mode", MODES)
 def test_gpu_matches_reference(mode, layout, normalize, dtype):
     for dim in (80, 4096):
-        hidden, kwargs = _make(layout, (1, 7, 33, 129, 1000), dim, dtype, with_pool_mask=(mode == "mean"),
-                               device="cuda")
+        hidden, kwargs = _make(
+            layout, (1, 7, 33, 129, 1000), dim, dtype, with_pool_mask=(mode == "mean"), device="cuda"
+        )
         _check(hidden, kwargs, mode, normalize)
 
 

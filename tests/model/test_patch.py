@@ -69,8 +69,9 @@ def reference_masks(attention_mask, from_layer, num_layers, seq_ids=None, pads_v
     return masks
 
 
-def eager_reference(model, from_layer, input_ids, attention_mask=None, seq_ids=None, pads_visible=False,
-                    **forward_kw):
+def eager_reference(
+    model, from_layer, input_ids, attention_mask=None, seq_ids=None, pads_visible=False, **forward_kw
+):
     """Run the *unpatched eager* ``model`` with our own mask in each decoder layer."""
     hf = bellm.surgery._transformers_model(model)
     assert hf.config._attn_implementation == "eager" and not hasattr(hf.config, "bellm")
@@ -80,13 +81,16 @@ def eager_reference(model, from_layer, input_ids, attention_mask=None, seq_ids=N
     masks = reference_masks(attention_mask, from_layer, len(layers), seq_ids, pads_visible)
     handles = []
     for layer, mask in zip(layers, masks):
+
         def hook(module, args, kwargs, mask=mask):
             kwargs["attention_mask"] = mask
             return args, kwargs
+
         handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        return model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                     **forward_kw)
+        return model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **forward_kw
+        )
     finally:
         for h in handles:
             h.remove()
@@ -189,8 +193,10 @@ def test_invariance_padding_and_packing(fresh, from_layer):
     sentences = random_sentences([5, 1, 8, 3], seed=5)
     alone = [hidden(model, input_ids=torch.tensor([s])).last_hidden_state[0] for s in sentences]
     ones = [torch.ones(1, len(s), dtype=torch.long) for s in sentences]  # batch size 1 with a mask
-    with_mask = [hidden(model, input_ids=torch.tensor([s]), attention_mask=m).last_hidden_state[0]
-                 for s, m in zip(sentences, ones)]
+    with_mask = [
+        hidden(model, input_ids=torch.tensor([s]), attention_mask=m).last_hidden_state[0]
+        for s, m in zip(sentences, ones)
+    ]
     for a, b in zip(alone, with_mask):
         torch.testing.assert_close(b, a, atol=ATOL, rtol=1e-4)
     for side in ("right", "left", ["left", "right", "right", "left"]):
@@ -208,7 +214,7 @@ def test_invariance_padding_and_packing(fresh, from_layer):
     ]
     for out in outs:
         for i, a in enumerate(alone):
-            torch.testing.assert_close(out[cu[i]:cu[i + 1]], a, atol=ATOL, rtol=1e-4)
+            torch.testing.assert_close(out[cu[i] : cu[i + 1]], a, atol=ATOL, rtol=1e-4)
 
 
 def test_packed_matches_block_diagonal_reference(llama, fresh):
@@ -248,9 +254,12 @@ def test_billm_compat_makes_pads_visible_in_bidirectional_layers(llama, fresh):
     assert (compat.last_hidden_state - strict.last_hidden_state)[1][mask[1].bool()].abs().max() > 1e-3
     assert_real_close(compat.last_hidden_state[:1], strict.last_hidden_state[:1], mask[:1])  # row 0: no pads
     batch = pack(sentences)
-    torch.testing.assert_close(hidden(fresh, **batch.model_kwargs()).last_hidden_state,
-                               hidden(bellm.patch(copy.deepcopy(llama), from_layer=2), **batch.model_kwargs())
-                               .last_hidden_state, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(
+        hidden(fresh, **batch.model_kwargs()).last_hidden_state,
+        hidden(bellm.patch(copy.deepcopy(llama), from_layer=2), **batch.model_kwargs()).last_hidden_state,
+        atol=ATOL,
+        rtol=1e-4,
+    )
     bellm.patch(fresh, from_layer=N_LAYERS, billm_compat=True)
     want = hidden(llama, input_ids=ids, attention_mask=mask).last_hidden_state
     assert_real_close(hidden(fresh, input_ids=ids, attention_mask=mask).last_hidden_state, want, mask)

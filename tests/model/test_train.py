@@ -491,9 +491,23 @@ def test_pooling_field_mean_trains_records_and_old_run_config_resumes(model_dir,
 def test_scored_pairs_with_accumulation_and_gradient_checkpointing(model_dir, tmp_path):
     stsb_train = STSB_DEV.parent / "stsb_train.tsv.gz"
     out = tmp_path / "pairs"
-    result = train(_config(model_dir, out, data=str(stsb_train), max_examples=16, batch_size=4, grad_accum=2,
-                           max_steps=2, gradient_checkpointing=True, cosine_w=1.0, scheduler="cosine",
-                           eval_data=str(STSB_DEV), eval_steps=1, eval_max_pairs=24))
+    result = train(
+        _config(
+            model_dir,
+            out,
+            data=str(stsb_train),
+            max_examples=16,
+            batch_size=4,
+            grad_accum=2,
+            max_steps=2,
+            gradient_checkpointing=True,
+            cosine_w=1.0,
+            scheduler="cosine",
+            eval_data=str(STSB_DEV),
+            eval_steps=1,
+            eval_max_pairs=24,
+        )
+    )
     assert result["step"] == 2 and math.isfinite(result["loss"])
     rows = _log(out)
     assert [r["step"] for r in rows if "eval_spearman" in r] == [1, 2]
