@@ -200,6 +200,13 @@ class Run:
         if path.is_file():
             saved = json.loads(path.read_text())
             diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+            seeds_saved = saved.get("seeds") or []
+            if "seeds" in diff and now["seeds"][: len(seeds_saved)] == seeds_saved:
+                # more headline seeds extend a run: every finished stage stays valid (the first seed, which
+                # the other arms use, is unchanged)
+                del diff["seeds"]
+                if not diff and write:
+                    atomic_write_json(path, now)
             if diff:
                 detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise ReproduceError(

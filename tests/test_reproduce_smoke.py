@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -155,6 +156,8 @@ def test_rerun_skips_everything_refuses_other_settings_and_reports(smoke):
     assert before == after
     proc = _run("--smoke", "--steps", "3", "--output", str(smoke))
     assert proc.returncode == 2 and "steps: saved 1, now 3" in proc.stderr
+    proc = _run("--smoke", "--seeds", "43", "42", "--output", str(smoke))  # not an extension: refused
+    assert proc.returncode == 2 and "seeds: saved [42, 43], now [43, 42]" in proc.stderr
     (smoke / "RESULTS.md").unlink()
     proc = _run("--report", "--output", str(smoke))
     assert proc.returncode == 0 and "SMOKE RUN" in (smoke / "RESULTS.md").read_text()
@@ -177,6 +180,19 @@ def _load_script():
     sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def test_more_seeds_extend_a_run(smoke, tmp_path):
+    extended = tmp_path / "run"
+    shutil.copytree(smoke, extended)
+    proc = _run("--smoke", "--seeds", "42", "43", "44", "--output", str(extended))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((extended / "settings.json").read_text())["seeds"] == [42, 43, 44]
+    for name in ("causal", f"bellm-k{_stage(smoke, 'turning_point')['design']['k_bellm']}"):
+        assert (extended / "stages" / f"eval-{name}-seed44.json").is_file()
+    before = _stage(smoke, "eval-causal-seed42")
+    assert _stage(extended, "eval-causal-seed42") == before  # finished stages are kept, not rerun
+    assert "mean of 3 seeds" in (extended / "RESULTS.md").read_text()
 
 
 def test_pair_bootstrap_is_paired_and_signed(smoke, tmp_path):
