@@ -797,6 +797,25 @@ def _versions() -> dict:
     return out
 
 
+def turning_point_reading(tp: dict) -> list[str]:
+    """Claim (a) in one sentence, from the curve of the untrained causal model."""
+    d, curve = tp["design"], tp["curve"]
+    t, L = d["turning_point"], d["num_layers"]
+    scores, drop = curve["scores"], curve.get("drop_after_turning_point") or 0.0
+    if t >= L or drop <= 0:
+        return [
+            f"**Claim (a) does not hold here**: the per-layer curve peaks at the last layer ({L}); there is no "
+            "turning point inside the stack.",
+            "",
+        ]
+    return [
+        f"**Claim (a) holds at this scale**: the per-layer STS curve of the untrained causal model peaks at layer "
+        f"{t} ({_fmt(scores[t])}) and falls by {drop:.2f} points to the last layer ({L}: {_fmt(scores[L])}), "
+        "on STS-B dev.",
+        "",
+    ]
+
+
 def reading(headline: dict) -> list[str]:
     """The automatically worded reading of the headline comparison (BeLLM - causal, per seed)."""
     deltas = headline["deltas"]
@@ -832,7 +851,9 @@ def reading(headline: dict) -> list[str]:
         size = "larger than" if abs(mean) > spread else "within"
         lines.append(
             f"The seed-to-seed spread of the causal arm's average is {spread:.2f} points (max - min over "
-            f"{n} seeds); the mean difference is {size} that spread."
+            f"{n} seeds); the mean difference is {size} that spread. The comparison is paired, though: both "
+            "arms of a seed share the data order and the LoRA initialisation, so the per-seed differences "
+            "below are the relevant noise, not the spread."
         )
     elif n < 2:
         lines.append(
@@ -841,9 +862,18 @@ def reading(headline: dict) -> list[str]:
         )
     if n >= 2:
         sd = float(np.std(deltas, ddof=1))
+        se = sd / math.sqrt(n)
         lines.append(
-            f"Per-seed differences: standard deviation {sd:.2f}, standard error of the mean "
-            f"{sd / math.sqrt(n):.2f} ({n} seeds)."
+            f"Per-seed differences: standard deviation {sd:.2f}, standard error of the mean {se:.2f} ({n} "
+            f"seeds): mean {mean:+.2f} +- {se:.2f}."
+        )
+    k, L = headline.get("k"), headline.get("num_layers")
+    if k is not None and L is not None:
+        acting = L - k - 1
+        lines.append(
+            f"Why the difference can only be small here: BeLLM makes layers {k}..{L - 1} bidirectional; with "
+            "last-token pooling the last of them cannot change the embedding (findings #1), so only "
+            f"{acting} layer(s) of {L} can act on it."
         )
     boot = headline.get("bootstrap")
     if boot:
@@ -854,7 +884,9 @@ def reading(headline: dict) -> list[str]:
             f"resamples, the same pairs for both arms and every seed) puts the mean difference between "
             f"{boot['lo']:+.2f} and {boot['hi']:+.2f} (95%); {100 * boot['share_le_0']:.1f}% of resamples are "
             f"<= 0, so the difference is {'not ' if inside else ''}distinguishable from zero by the choice of "
-            "test pairs alone (seed noise comes on top)."
+            "test pairs alone (seed noise comes on top). The paper's difference, "
+            f"{PAPER_DELTA:+.2f}, lies {'inside' if boot['lo'] <= PAPER_DELTA <= boot['hi'] else 'outside'} "
+            "that interval."
         )
     return lines
 
@@ -876,6 +908,8 @@ def headline_numbers(run: Run, d: dict) -> dict:
     return {
         "causal": causal,
         "bellm": bellm_,
+        "k": d["k_bellm"],
+        "num_layers": d["num_layers"],
         "seeds": paired,
         "deltas": [bellm_[s] - causal[s] for s in paired],
         "causal_spread": (max(vals) - min(vals)) if len(vals) >= 2 else None,
@@ -1019,7 +1053,8 @@ def write_report(run: Run, path: Path | None = None) -> Path:
         lines += _tables(run, d)
         headline = headline_numbers(run, d)
         headline["bootstrap"] = pair_bootstrap(run, d, headline["seeds"])
-        lines += ["## 4. Reading", ""] + reading(headline) + [""]
+        paragraphs = [x for line in reading(headline) for x in (line, "")]  # one paragraph per statement
+        lines += ["## 4. Reading", ""] + turning_point_reading(tp) + paragraphs
         lines += _other_readings(run, d) + [""]
     lines += [
         "## Setup",

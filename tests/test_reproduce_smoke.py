@@ -144,6 +144,7 @@ def test_results_md_is_generated_from_json_and_marked_smoke(smoke):
     assert "86.29" in text and "85.96" in text  # the paper's rows, for scale
     assert "## 4. Reading" in text and "BeLLM - causal" in text
     assert "paired bootstrap over the evaluated pairs" in text  # test-pair noise of the headline
+    assert "Claim (a)" in text  # the turning-point claim is read too
 
 
 def test_rerun_skips_everything_refuses_other_settings_and_reports(smoke):
