@@ -34,8 +34,18 @@ def measure(
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    # "inclusive": quantiles stay within the observed times ("exclusive" extrapolates, even below zero)
+    return summarize(times)
+
+
+def summarize(times_ms: list[float]) -> dict:
+    """``{"median_ms", "p20_ms", "p80_ms"}`` of host-timed samples (at least one).
+
+    Quantiles are "inclusive", so they stay within the observed times: the default "exclusive" method
+    extrapolates from few noisy samples, even below zero.
+    """
+    if not times_ms:
+        raise ValueError("summarize() needs at least one timed sample")
+    times = sorted(times_ms)
     q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
     return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7]}
 

@@ -25,13 +25,12 @@ kernel claim). ``smoke=True``: a 2-layer hidden-64 model, seconds on CPU, never 
 from __future__ import annotations
 
 import random
-import statistics
 import time
 
 import torch
 
 from benchmarks._shapes import LLAMA2_7B, SMOLLM2_135M, TINY
-from benchmarks._timing import measure, script_main
+from benchmarks._timing import measure, script_main, summarize
 
 
 def _triplets(n: int, vocab: int, max_length: int = 60) -> list[list[list[int]]]:
@@ -196,10 +195,7 @@ def collect(smoke: bool = False) -> list[dict]:
                 if round_:  # round 0 is the warm-up
                     times[impl].append((time.perf_counter() - t0) * 1000)
         for impl, ts in times.items():
-            ts.sort()
-            q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else ts * 9
-            timing = {"median_ms": statistics.median(ts), "p20_ms": q[1], "p80_ms": q[7]}
-            rows.append(_row(group, impl, timing, real_tokens, None, ""))
+            rows.append(_row(group, impl, summarize(ts), real_tokens, None, ""))
     pad_note = (
         f"{real_tokens} real tokens, padded batch {tuple(input_ids.shape)} = {input_ids.numel()} tokens"
     )

@@ -118,6 +118,23 @@ def test_cpu_quantiles_stay_within_the_measured_times():
     assert run.row_problem({"group": "g", "impl": "x", **t}) is None
 
 
+def test_summarize_stays_within_the_samples_and_is_the_only_quantile_code():
+    """bench_train once kept its own copy of the quantile code, without the fix above (p20 = -430 ms in CI)."""
+    from benchmarks._timing import summarize
+
+    s = summarize([10.0, 1000.0])  # statistics.quantiles' default method gives p20 = -386 here
+    assert 10.0 <= s["p20_ms"] <= s["median_ms"] <= s["p80_ms"] <= 1000.0
+    assert summarize([5.0]) == {"median_ms": 5.0, "p20_ms": 5.0, "p80_ms": 5.0}
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+    copies = [
+        p.name
+        for p in (ROOT / "benchmarks").glob("*.py")
+        if p.name != "_timing.py" and "quantiles(" in p.read_text()
+    ]
+    assert copies == [], f"use benchmarks._timing.summarize, not statistics.quantiles, in {copies}"
+
+
 def _results(rows, **env):
     environment = {
         "torch": "2.11.0",
