@@ -77,6 +77,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
     import bellm
 from bellm._io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from bellm.evaluate import _normalize_ws as normalize_ws  # noqa: E402
 from bellm.evaluate import to_jsonable  # noqa: E402
 from bellm.sts_data import TASKS, load_sts  # noqa: E402
 from bellm.train_data import BELLM_PROMPT  # noqa: E402
@@ -371,7 +372,7 @@ class Run:
         for t in TASKS:
             pairs = load_sts(t, "test", data_dir=self.data_dir).sample(self.settings.eval_max_pairs, 0)
             for sent in pairs.sentences1 + pairs.sentences2:
-                seen[" ".join(sent.split())] = None
+                seen[normalize_ws(sent)] = None
         return list(seen)
 
     # -- the design (arms) -------------------------------------------------------------------------------
@@ -696,8 +697,7 @@ class _PersistentEncoder:
         self.encoder, self.path, self.every_s = encoder, Path(path), every_s
         self.cache: dict[str, np.ndarray] = {}
         if self.path.is_file():
-            with np.load(self.path) as z:
-                self.cache = dict(zip(z["sentences"].tolist(), z["embeddings"]))
+            self.cache = read_embedding_cache(self.path)
         self._saved = time.monotonic()
         self._dirty = False
 
@@ -718,6 +718,12 @@ class _PersistentEncoder:
         with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
             np.savez(f, sentences=np.array(keys), embeddings=np.stack([self.cache[k] for k in keys]))
         self._saved, self._dirty = time.monotonic(), False
+
+
+def read_embedding_cache(path: Path) -> dict[str, np.ndarray]:
+    """``{sentence: embedding}`` from an evaluation's ``cache/<name>.npz`` (see :class:`_PersistentEncoder`)."""
+    with np.load(path) as z:
+        return dict(zip(z["sentences"].tolist(), z["embeddings"]))
 
 
 def _threads() -> int:
@@ -949,14 +955,13 @@ def pair_bootstrap(run: Run, d: dict, seeds: list[int], n_boot: int = 1000, rng_
             path = run.out / "cache" / f"eval-{arm}-seed{seed}.npz"
             if not path.is_file():
                 return None
-            with np.load(path) as z:
-                caches[arm, seed] = dict(zip(z["sentences"].tolist(), z["embeddings"]))
+            caches[arm, seed] = read_embedding_cache(path)
     rng = np.random.default_rng(rng_seed)
     total = np.zeros(n_boot)
     for task in TASKS:
         pairs = load_sts(task, "test", data_dir=run.data_dir).sample(run.settings.eval_max_pairs, 0)
-        s1 = [" ".join(x.split()) for x in pairs.sentences1]
-        s2 = [" ".join(x.split()) for x in pairs.sentences2]
+        s1 = [normalize_ws(x) for x in pairs.sentences1]  # the keys evaluate_sts encoded under
+        s2 = [normalize_ws(x) for x in pairs.sentences2]
         gold = np.asarray(pairs.scores, dtype=np.float64)
         idx = rng.integers(0, len(gold), size=(n_boot, len(gold)))  # the same resamples for every arm
         for (arm, _seed), cache in caches.items():
