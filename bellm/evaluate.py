@@ -21,11 +21,9 @@ Each unique sentence is encoded once across all tasks. The encoder is duck-typed
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,8 +36,7 @@ __all__ = [
     "spearman_cosine",
     "cosine_rows",
     "format_markdown",
-    "add_cli_arguments",
-    "cli_main",
+    "to_jsonable",
 ]
 
 _CHUNK = 256  # sentences per encode() call: the unit of the progress bar
@@ -211,100 +208,3 @@ def to_jsonable(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model/--from-layer/--adapter/--pooling/--prompt/--dtype/--device/--batch-size`` (shared with other
-    commands)."""
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="local model directory or .gguf file (default: the real SmolLM2-135M-Instruct GGUF)",
-    )
-    parser.add_argument(
-        "--from-layer",
-        type=int,
-        default=None,
-        help="make attention layers >= k bidirectional (negative: from the end); default causal",
-    )
-    parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory to load on top")
-    parser.add_argument("--pooling", default="last", choices=("last", "mean", "first"))
-    parser.add_argument(
-        "--prompt", default=None, help="prompt template with {text} (default: the encoder's BeLLM prompt)"
-    )
-    parser.add_argument(
-        "--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)"
-    )
-    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=None)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        default=list(TASKS),
-        metavar="TASK",
-        help=f"subset of: {' '.join(TASKS)} (default: all seven)",
-    )
-    parser.add_argument("--split", default="test", help="STS-B / SICK-R split (default test)")
-    parser.add_argument(
-        "--raw",
-        action="store_true",
-        help="use the original cased text instead of SentEval's preprocessed files",
-    )
-    parser.add_argument("--data-dir", default=None, help="folder holding sts/ (default: shared/data)")
-    parser.add_argument(
-        "--max-pairs", type=int, default=None, help="evaluate a random sample per task (quick look)"
-    )
-    parser.add_argument("--output", default=None, help="write the results as JSON here (atomically)")
-
-
-def build_encoder(args):
-    """An ``Encoder`` from the shared model arguments (imported here: only this needs bellm.encoder)."""
-    from bellm.encoder import Encoder
-
-    return Encoder.from_pretrained(
-        args.model,
-        from_layer=args.from_layer,
-        adapter=args.adapter,
-        pooling=args.pooling,
-        prompt=args.prompt,
-        dtype=args.dtype,
-        device=args.device,
-    )
-
-
-def cli_main(args) -> int:
-    from bellm._io import atomic_write_json
-
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown:
-        print(
-            f"error: unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASKS)}", file=sys.stderr
-        )
-        return 2
-    encoder = build_encoder(args)
-    results = evaluate_sts(
-        encoder,
-        tasks=args.tasks,
-        data_dir=args.data_dir,
-        split=args.split,
-        source="raw" if args.raw else "senteval",
-        batch_size=args.batch_size,
-        max_pairs=args.max_pairs,
-    )
-    results["model"] = {
-        "model": args.model or "SmolLM2-135M-Instruct (default)",
-        "from_layer": args.from_layer,
-        "adapter": args.adapter,
-        "pooling": args.pooling,
-        "prompt": args.prompt,
-    }
-    name = "causal" if args.from_layer is None else f"from_layer={args.from_layer}"
-    print(format_markdown(results, name))
-    if args.output:
-        atomic_write_json(args.output, to_jsonable(results))
-        print(f"wrote {args.output}")
-    return 0

@@ -35,7 +35,6 @@ the same pairs with :class:`bellm.encoder.Encoder` and score the final embedding
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -57,8 +56,6 @@ __all__ = [
     "pick_turning_point",
     "sweep_from_layer",
     "plot_curve",
-    "add_cli_arguments",
-    "cli_main",
 ]
 
 BELLM_PROMPT = 'The representative word for sentence {text} is:"'
@@ -503,7 +500,7 @@ def sweep_from_layer(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Plot and CLI
+# Plot
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -546,75 +543,3 @@ def plot_curve(result: TurningPoint, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="local model directory or .gguf file (default: the real SmolLM2-135M-Instruct GGUF)",
-    )
-    parser.add_argument("--output", default="turning-point", help="output directory for the JSON and PNG")
-    parser.add_argument("--pooling", default="last", choices=("last", "mean", "first"))
-    parser.add_argument(
-        "--prompt",
-        default=None,
-        help="prompt template with {text}; '' for none (default: BeLLM's for last pooling)",
-    )
-    parser.add_argument("--layer-norm", default="final", choices=LAYER_NORMS)
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window over layers (1 = none)")
-    parser.add_argument(
-        "--max-pairs", type=int, default=None, help="sample of STS-B dev pairs (default: all 1500)"
-    )
-    parser.add_argument("--raw", action="store_true", help="original cased STS-B text instead of SentEval's")
-    parser.add_argument("--data-dir", default=None, help="folder holding sts/ (default: shared/data)")
-    parser.add_argument("--from-layers", type=int, nargs="+", default=None, help="sweep candidates k")
-    parser.add_argument("--stride", type=int, default=None, help="sweep every stride-th k (default L//10)")
-    parser.add_argument("--no-sweep", action="store_true", help="only the one-pass per-layer curve")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--device", default=None)
-
-
-def cli_main(args) -> int:
-    from bellm.models import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
-    prompt = args.prompt
-    source = "raw" if args.raw else "senteval"
-    result = find_turning_point(
-        model,
-        tokenizer,
-        prompt=prompt,
-        pooling=args.pooling,
-        layer_norm=args.layer_norm,
-        smooth=args.smooth,
-        max_pairs=args.max_pairs,
-        data_dir=args.data_dir,
-        source=source,
-        batch_size=args.batch_size,
-    )
-    if not args.no_sweep:
-        result.sweep = sweep_from_layer(
-            model,
-            tokenizer,
-            from_layers=args.from_layers,
-            stride=args.stride,
-            prompt=prompt,
-            pooling=args.pooling,
-            max_pairs=args.max_pairs,
-            data_dir=args.data_dir,
-            source=source,
-            batch_size=args.batch_size,
-        )
-    json_path, png_path = result.save(args.output)
-    print(result.format())
-    print(f"wrote {json_path} and {png_path}")
-    k = result.suggested_from_layer
-    note = (
-        " (with last-token pooling this equals the causal model: findings.md #1)"
-        if result.same_as_causal
-        else ""
-    )
-    print(f"turning point: layer {k} of {result.num_layers}; suggested from_layer={k}{note}")
-    return 0

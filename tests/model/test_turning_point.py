@@ -217,8 +217,8 @@ def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
     pytest.importorskip("bellm.encoder")
     import argparse
 
+    from bellm.cli.turning_point import add_arguments, run
     from bellm.models import default_data_dir
-    from bellm.turning_point import add_cli_arguments, cli_main
 
     try:
         data_dir = default_data_dir()
@@ -228,7 +228,7 @@ def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
     tiny_model("llama", num_layers=3).save_pretrained(model_dir)
     char_tokenizer().save_pretrained(model_dir)
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_arguments(parser)
     out = tmp_path / "tp"
     args = parser.parse_args(
         [
@@ -245,7 +245,7 @@ def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
             "3",
         ]
     )
-    assert cli_main(args) == 0
+    assert run(args) == 0
     printed = capsys.readouterr().out
     assert "turning point: layer" in printed and "suggested from_layer=" in printed
     saved = json.loads((out / "turning_point.json").read_text())
