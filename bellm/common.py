@@ -16,6 +16,7 @@ __all__ = [
     "ENCODER_CONFIG",
     "check_pooling",
     "resolve_prompt",
+    "normalize_whitespace",
     "format_score",
 ]
 
@@ -37,7 +38,7 @@ ENCODER_CONFIG = "bellm_encoder.json"
 def check_pooling(pooling: str) -> str:
     """``pooling`` itself if it is one of :data:`POOLING_MODES`; ValueError listing them otherwise."""
     if pooling not in POOLING_MODES:
-        raise ValueError(f"unknown pooling {pooling!r}; valid poolings are {', '.join(POOLING_MODES)}")
+        raise ValueError(f"unknown pooling {pooling!r}; pooling must be one of {', '.join(POOLING_MODES)}")
     return pooling
 
 
@@ -61,6 +62,11 @@ def resolve_prompt(prompt: str | None, pooling: str) -> str:
             'pass prompt="" for no prompt'
         )
     return prompt
+
+
+def normalize_whitespace(sentence: str) -> str:
+    """SentEval's whitespace rule: split on any whitespace, re-join with single spaces."""
+    return " ".join(sentence.split())
 
 
 def format_score(x: float | None) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
+from bellm.common import format_score, normalize_whitespace
 from bellm.sts_data import TASKS, load_sts
 
 __all__ = [
@@ -66,10 +67,6 @@ def spearman_cosine(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -
     if len(gold) < 2 or np.ptp(cos) <= 1e-9 or np.ptp(gold) == 0:
         return float("nan")
     return float(spearmanr(cos, gold).statistic) * 100.0
-
-
-def _normalize_ws(sentence: str) -> str:
-    return " ".join(sentence.split())
 
 
 def _encode_kwargs(encoder, batch_size: int | None) -> dict:
@@ -156,8 +153,8 @@ def evaluate_sts(
     cache: dict[str, np.ndarray] = {}
     scores: dict[str, float] = {}
     for t in tasks:
-        s1 = [_normalize_ws(s) for s in data[t].sentences1]
-        s2 = [_normalize_ws(s) for s in data[t].sentences2]
+        s1 = [normalize_whitespace(s) for s in data[t].sentences1]
+        s2 = [normalize_whitespace(s) for s in data[t].sentences2]
         _encode_new(encoder, s1 + s2, cache, t, batch_size, show_progress_bar)
         scores[t] = spearman_cosine(
             np.stack([cache[s] for s in s1]), np.stack([cache[s] for s in s2]), data[t].scores
@@ -179,10 +176,6 @@ def evaluate_sts(
     }
 
 
-def _fmt(x: float | None) -> str:
-    return "undefined" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
-
-
 def format_markdown(results: dict, name: str = "model") -> str:
     """A one-row markdown table: tasks as columns plus ``Avg.``; undefined scores read "undefined"."""
     tasks = list(results["scores"])
@@ -191,7 +184,9 @@ def format_markdown(results: dict, name: str = "model") -> str:
     rule = "|" + "|".join(["---"] * (len(tasks) + 2)) + "|"
     row = (
         "| "
-        + " | ".join([name, *(_fmt(results["scores"][t]) for t in tasks), _fmt(results["average"])])
+        + " | ".join(
+            [name, *(format_score(results["scores"][t]) for t in tasks), format_score(results["average"])]
+        )
         + " |"
     )
     return "\n".join([head, rule, row])

@@ -21,9 +21,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bellm.common import BELLM_PROMPT
+
 __all__ = ["DataError", "TrainData", "read_train_data", "prompt_token_ids", "BELLM_PROMPT"]
 
-BELLM_PROMPT = 'The representative word for sentence {text} is:"'
 
 TRIPLET_COLUMNS = (("anchor", "text"), ("positive",), ("negative",))
 PAIR_COLUMNS = (("sentence1", "text1"), ("sentence2", "text2"), ("score", "label"))

@@ -50,14 +50,14 @@ from pathlib import Path
 
 import torch
 
+from bellm.common import BELLM_PROMPT, ENCODER_CONFIG, check_pooling
 from bellm.losses import AnglELoss
-from bellm.train_data import BELLM_PROMPT, TrainData, prompt_token_ids, read_train_data
+from bellm.train_data import TrainData, prompt_token_ids, read_train_data
 
 __all__ = ["TrainConfig", "train", "batch_loss", "embed_packed"]
 
 logger = logging.getLogger(__name__)
 
-ENCODER_CONFIG = "bellm_encoder.json"  # the file name bellm.encoder.Encoder reads
 RUN_CONFIG = "run_config.json"
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.pt"
@@ -449,8 +449,7 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
     if config.resume and config.overwrite:
         raise ValueError("pass --resume or --overwrite, not both")
-    if config.pooling not in ("last", "mean", "first"):
-        raise ValueError(f"pooling must be 'last', 'mean' or 'first', got {config.pooling!r}")
+    check_pooling(config.pooling)
     if config.eval_steps and not config.eval_data:
         raise ValueError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
 

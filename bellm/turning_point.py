@@ -36,7 +36,6 @@ the same pairs with :class:`bellm.encoder.Encoder` and score the final embedding
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bellm.common import BELLM_PROMPT, format_score, normalize_whitespace, resolve_prompt
 from bellm.evaluate import spearman_cosine, to_jsonable
 from bellm.sts_data import STSPairs, load_sts
 
@@ -58,7 +58,6 @@ __all__ = [
     "plot_curve",
 ]
 
-BELLM_PROMPT = 'The representative word for sentence {text} is:"'
 LAYER_NORMS = ("final", "none")
 _NORM_DOC = {
     "final": "the model's final norm applied to every layer's hidden states "
@@ -137,13 +136,9 @@ class TurningPoint:
         lines = ["layer  score  " + ("sweep(from_layer=k)" if self.sweep else "")]
         for i, s in enumerate(self.scores):
             mark = "  <- turning point" if i == self.turning_point else ""
-            sw = f"  {_fmt(self.sweep[i])}" if i in self.sweep else ""
-            lines.append(f"{i:5d}  {_fmt(s):>9}{sw}{mark}")
+            sw = f"  {format_score(self.sweep[i])}" if i in self.sweep else ""
+            lines.append(f"{i:5d}  {format_score(s):>9}{sw}{mark}")
         return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str:
-    return "undefined" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,24 +171,6 @@ def _as_pairs(data, max_pairs: int | None, seed: int, data_dir, source: str) -> 
             f"need at least 2 sentence pairs to compute a Spearman correlation, got {len(pairs)}"
         )
     return pairs
-
-
-def _normalize(sentence: str) -> str:
-    return " ".join(sentence.split())  # SentEval whitespace normalisation, as in bellm.evaluate
-
-
-def resolve_prompt(prompt: str | None, pooling: str) -> str:
-    """The :class:`bellm.encoder.Encoder` rule: ``None`` = BeLLM's prompt for last pooling, none otherwise;
-    ``""`` = none; else a template containing ``{text}`` exactly once (ValueError otherwise)."""
-    if prompt is None:
-        return BELLM_PROMPT if pooling == "last" else "{text}"
-    if prompt == "":
-        return "{text}"
-    if not isinstance(prompt, str) or prompt.count("{text}") != 1:
-        raise ValueError(
-            f"prompt must contain the placeholder {{text}} exactly once, got {prompt!r}; '' for none"
-        )
-    return prompt
 
 
 @contextlib.contextmanager
@@ -272,7 +249,7 @@ def layer_embeddings(
             "model "
             "whose hidden states can all be given the same norm treatment"
         )
-    texts = [template.replace("{text}", _normalize(s)) for s in sentences]
+    texts = [template.replace("{text}", normalize_whitespace(s)) for s in sentences]
     kw = {"truncation": True, "max_length": max_length} if max_length else {}
     ids = tokenizer(texts, add_special_tokens=True, **kw)["input_ids"]
     if any(len(x) == 0 for x in ids):
@@ -473,10 +450,10 @@ def sweep_from_layer(
     pairs = _as_pairs(data, max_pairs, seed, data_dir, source)
     num_layers = int(model.config.num_hidden_layers)
     ks = _candidates(num_layers, from_layers, stride)
-    unique = list(dict.fromkeys(_normalize(s) for s in pairs.sentences1 + pairs.sentences2))
+    unique = list(dict.fromkeys(normalize_whitespace(s) for s in pairs.sentences1 + pairs.sentences2))
     index = {s: i for i, s in enumerate(unique)}
-    i1 = [index[_normalize(s)] for s in pairs.sentences1]
-    i2 = [index[_normalize(s)] for s in pairs.sentences2]
+    i1 = [index[normalize_whitespace(s)] for s in pairs.sentences1]
+    i2 = [index[normalize_whitespace(s)] for s in pairs.sentences2]
     kwargs = {"show_progress_bar": False}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size

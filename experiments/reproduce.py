@@ -77,10 +77,10 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
     import bellm
 from bellm._io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
-from bellm.evaluate import _normalize_ws as normalize_ws  # noqa: E402
+from bellm.common import BELLM_PROMPT, normalize_whitespace  # noqa: E402
+from bellm.common import format_score as _fmt  # noqa: E402
 from bellm.evaluate import to_jsonable  # noqa: E402
 from bellm.sts_data import TASKS, load_sts  # noqa: E402
-from bellm.train_data import BELLM_PROMPT  # noqa: E402
 from bellm.trainer import TrainConfig  # noqa: E402
 from bellm.trainer import train as train_arm  # noqa: E402
 
@@ -372,7 +372,7 @@ class Run:
         for t in TASKS:
             pairs = load_sts(t, "test", data_dir=self.data_dir).sample(self.settings.eval_max_pairs, 0)
             for sent in pairs.sentences1 + pairs.sentences2:
-                seen[normalize_ws(sent)] = None
+                seen[normalize_whitespace(sent)] = None
         return list(seen)
 
     # -- the design (arms) -------------------------------------------------------------------------------
@@ -735,10 +735,6 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _fmt(x) -> str:
-    return "undefined" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.2f}"
-
-
 def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -960,8 +956,8 @@ def pair_bootstrap(run: Run, d: dict, seeds: list[int], n_boot: int = 1000, rng_
     total = np.zeros(n_boot)
     for task in TASKS:
         pairs = load_sts(task, "test", data_dir=run.data_dir).sample(run.settings.eval_max_pairs, 0)
-        s1 = [normalize_ws(x) for x in pairs.sentences1]  # the keys evaluate_sts encoded under
-        s2 = [normalize_ws(x) for x in pairs.sentences2]
+        s1 = [normalize_whitespace(x) for x in pairs.sentences1]  # the keys evaluate_sts encoded under
+        s2 = [normalize_whitespace(x) for x in pairs.sentences2]
         gold = np.asarray(pairs.scores, dtype=np.float64)
         idx = rng.integers(0, len(gold), size=(n_boot, len(gold)))  # the same resamples for every arm
         for (arm, _seed), cache in caches.items():

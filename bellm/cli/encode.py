@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bellm.common import POOLING_MODES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bellm.corpus import FORMATS
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first bidirectional layer (negative counts from the end; default: the model's saved "
         "setting, else all causal)",
     )
-    parser.add_argument("--pooling", default="last", choices=["last", "mean", "first"])
+    parser.add_argument("--pooling", default="last", choices=POOLING_MODES)
     parser.add_argument(
         "--prompt",
         default=None,

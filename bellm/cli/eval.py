@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bellm.cli._help import DATA_DIR_HELP
+from bellm.common import POOLING_MODES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="make attention layers >= k bidirectional (negative: from the end); default causal",
     )
     parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory to load on top")
-    parser.add_argument("--pooling", default="last", choices=("last", "mean", "first"))
+    parser.add_argument("--pooling", default="last", choices=POOLING_MODES)
     parser.add_argument(
         "--prompt", default=None, help="prompt template with {text} (default: the encoder's BeLLM prompt)"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from bellm.cli._help import DATA_DIR_HELP
+from bellm.common import POOLING_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local model directory or .gguf file (default: the real SmolLM2-135M-Instruct GGUF)",
     )
     parser.add_argument("--output", default="turning-point", help="output directory for the JSON and PNG")
-    parser.add_argument("--pooling", default="last", choices=("last", "mean", "first"))
+    parser.add_argument("--pooling", default="last", choices=POOLING_MODES)
     parser.add_argument(
         "--prompt",
         default=None,
