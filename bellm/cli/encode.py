@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bellm.cli._help import MODEL_HELP
 from bellm.common import POOLING_MODES
 
 
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="local model directory or .gguf file (default: the real SmolLM2-135M GGUF)",
+        help=MODEL_HELP,
     )
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     parser.add_argument(

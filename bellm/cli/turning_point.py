@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from bellm.cli._help import DATA_DIR_HELP
+from bellm.cli._help import DATA_DIR_HELP, MODEL_HELP
 from bellm.common import POOLING_MODES
 
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="local model directory or .gguf file (default: the real SmolLM2-135M-Instruct GGUF)",
+        help=MODEL_HELP,
     )
     parser.add_argument("--output", default="turning-point", help="output directory for the JSON and PNG")
     parser.add_argument("--pooling", default="last", choices=POOLING_MODES)

@@ -201,7 +201,7 @@ def test_sweep_matches_curve_and_restores_model(tok):
     assert sweep[3] == pytest.approx(curve.scores[3], abs=1e-4)  # k = L is causal: the curve's last point
     assert sweep[2] == pytest.approx(
         sweep[3], abs=1e-4
-    )  # findings.md #1: from_layer = L-1 == causal (last pooling)
+    )  # docs/bidirectional.md, section 1: from_layer = L-1 == causal
     assert abs(sweep[0] - sweep[3]) > 1e-3  # all-bidirectional really changes the embedding
     assert getattr(model.config, "bellm", None) is None  # unpatched afterwards
     # A patched model keeps its patch across the curve and the sweep, and the curve still describes the causal
