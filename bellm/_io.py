@@ -1,18 +1,20 @@
-"""Atomic file writes: write to a temporary file in the same directory, fsync, then rename over the target.
+"""File helpers: atomic writes and opening (optionally gzipped) UTF-8 text.
 
-A reader (or a resumed run after ``kill -9``) sees either the old file or the complete new one, never a torn file.
+Atomic writes go to a temporary file in the same directory, are fsynced, then renamed over the target: a reader
+(or a resumed run after ``kill -9``) sees either the old file or the complete new one, never a torn file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "open_text"]
 
 
 @contextlib.contextmanager
@@ -45,3 +47,12 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(target: str | os.PathLike, obj) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def open_text(path: str | os.PathLike):
+    """Open ``path`` for reading UTF-8 text, through gzip when its name ends in ``.gz`` (any case); newlines are
+    left as they are (``newline=""``, as the csv module wants)."""
+    path = Path(path)
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")

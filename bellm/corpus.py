@@ -24,7 +24,6 @@ torchrun.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bellm._io import atomic_path, atomic_write_json
+from bellm._io import atomic_path, atomic_write_json, open_text
 
 __all__ = ["encode_corpus", "load_embeddings", "read_rows", "rank_device"]
 
@@ -59,12 +58,6 @@ def _kind(path: Path) -> str:
     return kind
 
 
-def _open_text(path: Path):
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str]:
     """Stream the texts of ``path`` in order (see the module docstring for the formats).
 
@@ -75,7 +68,7 @@ def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
     kind = _kind(path)
-    with _open_text(path) as f:
+    with open_text(path) as f:
         if kind == ".txt":
             for line in f:
                 yield line.rstrip("\r\n")

@@ -14,13 +14,13 @@ the expected columns.
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bellm._io import open_text
 from bellm.common import BELLM_PROMPT
 
 __all__ = ["DataError", "TrainData", "read_train_data", "prompt_token_ids", "BELLM_PROMPT"]
@@ -48,17 +48,11 @@ class TrainData:
         return len(self.texts[0])
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)``; for TSV the header is line 1 and rows start at line 2."""
     name = path.name.removesuffix(".gz")
     if name.endswith(".jsonl") or name.endswith(".json"):
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -72,7 +66,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                     )
                 yield lineno, row
     elif name.endswith(".tsv") or name.endswith(".txt"):
-        with _open_text(path) as f:
+        with open_text(path) as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None:
