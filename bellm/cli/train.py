@@ -7,6 +7,10 @@ import argparse
 import dataclasses
 import json
 
+from bellm.cli._help import MODEL_HELP
+
+# help texts that say more than the field's default
+_HELP = {"model": MODEL_HELP}
 # TrainConfig fields whose default is None but whose values are numbers
 _OPTIONAL_NUMBERS = {"max_steps": int, "max_examples": int, "eval_max_pairs": int, "max_grad_norm": float}
 
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default}")
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default!r}")
+            help_text = _HELP.get(f.name, f"default {default!r}")
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
 
 
 def run(args: argparse.Namespace) -> int:
