@@ -22,9 +22,7 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "demo": Command(
-        "bellm.cli.demo", "turning point + STS-B on the real SmolLM2-135M, no training"
-    ),
+    "demo": Command("bellm.cli.demo", "turning point + STS-B on the real SmolLM2-135M, no training"),
     "encode": Command("bellm.cli.encode", "encode a .txt/.jsonl/.tsv file into resumable embedding shards"),
     "eval": Command("bellm.cli.eval", "STS12-16, STS-B and SICK-R Spearman with the paper's protocol"),
     "turning-point": Command(

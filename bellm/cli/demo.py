@@ -16,9 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"tiny samples ({QUICK_DEV_PAIRS} dev / {QUICK_TEST_PAIRS} test pairs) for CI",
     )
-    parser.add_argument(
-        "--model", default=None, help=MODEL_HELP
-    )
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument(
         "--output", default="bellm-demo", help="directory for the curve PNG/JSON and demo.json"
     )
