@@ -98,8 +98,15 @@ class AnglELoss:
     ValueError for negative weights, mismatched shapes, or both ``negative`` and ``scores``.
     """
 
-    def __init__(self, cosine_w: float = 0.0, ibn_w: float = 20.0, angle_w: float = 1.0,
-                 cosine_tau: float = 20.0, ibn_tau: float = 20.0, angle_tau: float = 20.0):
+    def __init__(
+        self,
+        cosine_w: float = 0.0,
+        ibn_w: float = 20.0,
+        angle_w: float = 1.0,
+        cosine_tau: float = 20.0,
+        ibn_tau: float = 20.0,
+        angle_tau: float = 20.0,
+    ):
         for name, w in (("cosine_w", cosine_w), ("ibn_w", ibn_w), ("angle_w", angle_w)):
             if w < 0:
                 raise ValueError(f"{name} must be >= 0, got {w}")
@@ -107,11 +114,19 @@ class AnglELoss:
         self.cosine_tau, self.ibn_tau, self.angle_tau = cosine_tau, ibn_tau, angle_tau
 
     def __repr__(self) -> str:
-        return (f"AnglELoss(cosine_w={self.cosine_w}, ibn_w={self.ibn_w}, angle_w={self.angle_w}, "
-                f"cosine_tau={self.cosine_tau}, ibn_tau={self.ibn_tau}, angle_tau={self.angle_tau})")
+        return (
+            f"AnglELoss(cosine_w={self.cosine_w}, ibn_w={self.ibn_w}, angle_w={self.angle_w}, "
+            f"cosine_tau={self.cosine_tau}, ibn_tau={self.ibn_tau}, angle_tau={self.angle_tau})"
+        )
 
-    def __call__(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
-                 *, scores: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        anchor: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor | None = None,
+        *,
+        scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if anchor.shape != positive.shape or (negative is not None and negative.shape != anchor.shape):
             raise ValueError(
                 f"anchor/positive/negative must have one shape, got {tuple(anchor.shape)}, "

@@ -214,7 +214,12 @@ def bellm_attention_forward(
             cu_seqlens, max_len = packing
             _check_sliding_window(module, window, max_len)
             out = bellm_kernels.attention(
-                q[0], k[0], v[0], causal=causal, cu_seqlens=cu_seqlens.to(q.device), max_seqlen=max_len,
+                q[0],
+                k[0],
+                v[0],
+                causal=causal,
+                cu_seqlens=cu_seqlens.to(q.device),
+                max_seqlen=max_len,
                 scale=scale,
             )
             return out.unsqueeze(0), None
@@ -516,4 +521,3 @@ def load(path_or_model, *, causal_lm: bool = False, **from_pretrained_kwargs):
         )
     billm_compat = bool(setting.get("billm_compat", False))
     return patch(model, from_layer=setting["from_layer"], billm_compat=billm_compat)
-
