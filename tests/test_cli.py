@@ -57,15 +57,16 @@ def option_sets() -> dict:
 def test_every_subcommand_keeps_its_options():
     expected = json.loads(EXPECTED.read_text())
     found = option_sets()
-    assert sorted(found) == sorted(expected)
-    for command in expected:
+    assert set(expected) <= set(found), f"subcommands gone: {sorted(set(expected) - set(found))}"
+    for command in expected:  # a subcommand added later (e.g. serve) has no earlier option set to keep
         assert found[command] == expected[command], f"options of {command or 'bellm'!r} changed"
 
 
 def test_subcommands_are_listed_in_the_same_order():
     parser = build_parser(load=None)
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert list(sub.choices) == ["demo", "encode", "eval", "turning-point", "train"]
+    original = ["demo", "encode", "eval", "turning-point", "train"]
+    assert [name for name in sub.choices if name in original] == original
 
 
 def test_top_level_help_imports_no_subcommand_and_no_torch():
