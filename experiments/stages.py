@@ -1,0 +1,571 @@
+"""The run directory and its stages: each stage writes ``<output>/stages/<name>.json`` atomically when it
+finishes and is skipped when that file exists (see :mod:`experiments` for the list)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import bellm
+from bellm._io import atomic_path, atomic_write_json
+from bellm.common import BELLM_PROMPT, normalize_whitespace
+from bellm.evaluate import to_jsonable
+from bellm.sts_data import TASKS, load_sts
+from experiments.settings import ReproduceError, Settings
+
+__all__ = ["Run", "choose_depths", "read_embedding_cache"]
+
+
+class Run:
+    """One run directory: settings, stage results, and the stages themselves."""
+
+    def __init__(self, output: str | os.PathLike, settings: Settings, progress: bool = True):
+        self.out = Path(output).expanduser()
+        self.settings = settings
+        self.progress = progress
+        self.stages = self.out / "stages"
+
+    # -- bookkeeping -------------------------------------------------------------------------------------
+    def check_settings(self, write: bool = True) -> None:
+        path = self.out / "settings.json"
+        now = dataclasses.asdict(self.settings)
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+            seeds_saved = saved.get("seeds") or []
+            if "seeds" in diff and now["seeds"][: len(seeds_saved)] == seeds_saved:
+                # more headline seeds extend a run: every finished stage stays valid (the first seed, which
+                # the other arms use, is unchanged)
+                del diff["seeds"]
+                if not diff and write:
+                    atomic_write_json(path, now)
+            if diff:
+                detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise ReproduceError(
+                    f"{self.out} holds a run with other settings ({detail}); resume it with the "
+                    "same options, "
+                    "or pass another --output"
+                )
+        elif write:
+            atomic_write_json(path, now)
+
+    def done(self, name: str) -> dict | None:
+        path = self.stages / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def stage(self, name: str, fn) -> dict:
+        """Run ``fn() -> dict`` unless ``stages/<name>.json`` exists; record its wall time; write it
+        atomically."""
+        result = self.done(name)
+        if result is not None:
+            return result
+        t0 = time.perf_counter()
+        result = fn()
+        result["seconds"] = time.perf_counter() - t0
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        atomic_write_json(self.stages / f"{name}.json", to_jsonable(result))
+        return result
+
+    # -- paths -------------------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        if self.settings.data_dir:
+            return Path(self.settings.data_dir)
+        from bellm.models import default_data_dir
+
+        return default_data_dir()
+
+    @property
+    def train_data(self) -> Path:
+        path = (
+            Path(self.settings.train_data)
+            if self.settings.train_data
+            else (self.data_dir / "nli" / "snli_devtest_triplets.tsv.gz")
+        )
+        if not path.is_file():
+            raise ReproduceError(
+                f"training data {str(path)!r} not found; pass --train-data (triplets .tsv.gz)"
+            )
+        return path
+
+    def base(self) -> dict:
+        return self.stage("base", self._materialise)
+
+    def _materialise(self) -> dict:
+        """A GGUF is loaded once (de-quantised to a regular fp32 model) and saved as safetensors (bitwise the
+        same weights) so later loads take a second; a transformers directory is used in place."""
+        from transformers import AutoConfig
+
+        s = self.settings
+        t0 = time.perf_counter()
+        is_gguf = s.model is None or s.gguf_file is not None or str(s.model).endswith(".gguf")
+        path = s.model
+        params = None
+        if is_gguf:
+            from bellm.models import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(
+                s.model, gguf_file=s.gguf_file, dtype=s.dtype, device="cpu"
+            )
+            model.hf_quantizer = (
+                None  # the de-quantised weights are plain tensors; let transformers save them
+            )
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            params = int(sum(p.numel() for p in model.parameters()))
+            target = self.out / "base_model"
+            tmp = Path(tempfile.mkdtemp(prefix=".base_model.", dir=self.out))
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            path = str(target)
+            del model
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return {
+            "path": str(path),
+            "source": s.model or "SmolLM2-135M-Instruct GGUF (bellm.models.default_model)",
+            "architecture": (getattr(cfg, "architectures", None) or [cfg.model_type])[0],
+            "num_layers": int(cfg.num_hidden_layers),
+            "hidden_size": int(cfg.hidden_size),
+            "heads": int(cfg.num_attention_heads),
+            "kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
+            "parameters": params,
+            "first_load_seconds": time.perf_counter() - t0,
+        }
+
+    def load_encoder(self, from_layer: int, pooling: str = "last", adapter: str | None = None):
+        s = self.settings
+        return bellm.Encoder.from_pretrained(
+            self.base()["path"],
+            adapter=adapter,
+            from_layer=from_layer,
+            pooling=pooling,
+            prompt=BELLM_PROMPT,
+            dtype=s.dtype,
+            device=s.device,
+        )
+
+    def train_config(self, name: str, from_layer: int, pooling: str, seed: int, **overrides):
+        from bellm.train_config import TrainConfig
+
+        s = self.settings
+        kw = dict(
+            data=str(self.train_data),
+            output_dir=str(self.out / "train" / name),
+            model=self.base()["path"],
+            from_layer=from_layer,
+            pooling=pooling,
+            prompt=BELLM_PROMPT,
+            max_length=s.max_length,
+            data_kind="triplets",
+            max_examples=s.max_examples,
+            lora_r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            batch_size=s.batch_size,
+            grad_accum=s.grad_accum,
+            epochs=s.epochs,
+            max_steps=s.steps,
+            lr=s.lr,
+            warmup_steps=s.warmup_steps,
+            seed=seed,
+            dtype=s.dtype,
+            load_in_4bit=s.load_in_4bit,
+            gradient_checkpointing=s.gradient_checkpointing,
+            device=s.device,
+            save_steps=max(1, min(25, (s.steps or 10**9) // 4)) if not s.smoke else 0,
+            save_total_limit=2,
+            resume=True,
+            progress=self.progress,
+        )
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def evaluate(self, name: str, encoder) -> dict:
+        """:func:`bellm.evaluate_sts` on the seven sets, with embeddings persisted so a kill loses little."""
+        cached = _PersistentEncoder(encoder, self.out / "cache" / f"{name}.npz")
+        result = bellm.evaluate_sts(
+            cached,
+            data_dir=self.data_dir,
+            batch_size=self.settings.encode_batch_size,
+            max_pairs=self.settings.eval_max_pairs,
+            show_progress_bar=self.progress,
+        )
+        cached.flush()
+        result["encoder"] = encoder.config_dict()
+        return result
+
+    def eval_sentences(self) -> list[str]:
+        """The unique (whitespace-normalised) sentences :func:`bellm.evaluate_sts` encodes, for the plan."""
+        seen: dict[str, None] = {}
+        for t in TASKS:
+            pairs = load_sts(t, "test", data_dir=self.data_dir).sample(self.settings.eval_max_pairs, 0)
+            for sent in pairs.sentences1 + pairs.sentences2:
+                seen[normalize_whitespace(sent)] = None
+        return list(seen)
+
+    # -- the design (arms) -------------------------------------------------------------------------------
+    def design(self) -> dict:
+        tp = self.done("turning_point")
+        if tp is None:
+            raise ReproduceError("the turning point stage has not run yet; run without --report first")
+        return tp["design"]
+
+    def untrained_rows(self, d: dict) -> list[dict]:
+        L, k = d["num_layers"], d["k_bellm"]
+        return [
+            {
+                "name": "causal",
+                "label": "causal (no bidirectional layer)",
+                "from_layer": L,
+                "pooling": "last",
+            },
+            {
+                "name": "identity-last",
+                "label": f"from_layer=-1 ({L - 1}), last pooling: identity",
+                "from_layer": L - 1,
+                "pooling": "last",
+            },
+            {
+                "name": f"bellm-k{k}",
+                "label": f"BeLLM, bidirectional from k={k}",
+                "from_layer": k,
+                "pooling": "last",
+            },
+            {
+                "name": "all-bidirectional",
+                "label": "all bidirectional (from_layer=0)",
+                "from_layer": 0,
+                "pooling": "last",
+            },
+            {
+                "name": "causal-mean",
+                "label": "causal, mean pooling",
+                "from_layer": L,
+                "pooling": "mean",
+            },
+            {
+                "name": "last-layer-mean",
+                "label": f"from_layer=-1 ({L - 1}), mean pooling",
+                "from_layer": L - 1,
+                "pooling": "mean",
+            },
+        ]
+
+    def arms(self, d: dict) -> list[dict]:
+        L, k, kq = d["num_layers"], d["k_bellm"], d["k_quarter"]
+        seeds, first = self.settings.seeds, self.settings.seeds[:1]
+        return [
+            {"name": "causal", "label": "causal", "from_layer": L, "pooling": "last", "seeds": seeds},
+            {
+                "name": f"bellm-k{k}",
+                "label": f"BeLLM, bidirectional from k={k}",
+                "from_layer": k,
+                "pooling": "last",
+                "seeds": seeds,
+            },
+            {
+                "name": f"bidir-k{kq}",
+                "label": f"bidirectional from k={kq} (second depth)",
+                "from_layer": kq,
+                "pooling": "last",
+                "seeds": first,
+            },
+            {
+                "name": "all-bidirectional",
+                "label": "all bidirectional (from_layer=0)",
+                "from_layer": 0,
+                "pooling": "last",
+                "seeds": first,
+            },
+            {
+                "name": "last-layer-mean",
+                "label": f"from_layer=-1 ({L - 1}), mean pooling",
+                "from_layer": L - 1,
+                "pooling": "mean",
+                "seeds": first,
+            },
+            {  # the control that isolates the last layer's bidirectionality in the arm above
+                "name": "causal-mean",
+                "label": "causal, mean pooling (control)",
+                "from_layer": L,
+                "pooling": "mean",
+                "seeds": first,
+            },
+        ]
+
+    # -- stages ------------------------------------------------------------------------------------------
+    def turning_point(self) -> dict:
+        def run() -> dict:
+            from bellm.models import load_model_and_tokenizer
+
+            s = self.settings
+            model, tokenizer = load_model_and_tokenizer(self.base()["path"], dtype=s.dtype, device=s.device)
+            result = bellm.find_turning_point(
+                model,
+                tokenizer,
+                pooling="last",
+                layer_norm="final",
+                max_pairs=s.tp_pairs,
+                data_dir=self.data_dir,
+                show_progress_bar=self.progress,
+            )
+            d = choose_depths(result.scores, result.turning_point, result.num_layers)
+            L = d["num_layers"]
+            ks = sorted(
+                {0, L // 2, d["k_quarter"], d["k_bellm"], L - 1, L} if not s.smoke else {d["k_bellm"], L}
+            )
+            result.sweep = bellm.sweep_from_layer(
+                model,
+                tokenizer,
+                from_layers=ks,
+                pooling="last",
+                max_pairs=s.tp_pairs,
+                data_dir=self.data_dir,
+                batch_size=s.encode_batch_size,
+                show_progress_bar=self.progress,
+            )
+            json_path, png_path = result.save(self.out / "turning_point")
+            return {"curve": result.to_dict(), "design": d, "json": str(json_path), "png": str(png_path)}
+
+        return self.stage("turning_point", run)
+
+    def plan(self) -> dict:
+        return self.stage("plan", self._measure)
+
+    def _measure(self) -> dict:
+        """Measured throughput: encode (sentences/s on a spread of evaluation sentences) and train
+        (s/step)."""
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        sentences = self.eval_sentences()
+        by_len = sorted(sentences, key=len)
+        n = min(len(by_len), 8 if s.smoke else 256)
+        sample = [by_len[int(i)] for i in np.linspace(0, len(by_len) - 1, n)]
+        t0 = time.perf_counter()
+        encoder = self.load_encoder(self.base()["num_layers"])
+        load_s = time.perf_counter() - t0
+        encoder.encode(sample[:4], show_progress_bar=False)  # warm-up
+        t0 = time.perf_counter()
+        encoder.encode(sample, show_progress_bar=False, batch_size=s.encode_batch_size)
+        rate = n / (time.perf_counter() - t0)
+        mean_sentences = float(np.mean([len(x) for x in sentences]))
+        sample_mean = float(np.mean([len(x) for x in sample]))
+        rate *= sample_mean / mean_sentences  # the sample's length mix differs slightly from the whole
+        del encoder
+        steps = 1 if s.smoke else 3
+        with tempfile.TemporaryDirectory(dir=self.out) as tmp:
+            config = self.train_config(
+                "plan",
+                self.base()["num_layers"],
+                "last",
+                self.settings.seeds[0],
+                output_dir=tmp,
+                max_steps=steps,
+                save_steps=0,
+                warmup_steps=0,
+                progress=False,
+                resume=False,
+            )
+            tqdm.write(f"plan: timing {steps} training steps (batch {s.batch_size} x accum {s.grad_accum})")
+            t0 = time.perf_counter()
+            bellm.train(config)
+            train_wall = time.perf_counter() - t0
+            log = [json.loads(line) for line in (Path(tmp) / "train_log.jsonl").read_text().splitlines()]
+        tok_s = [r["tokens_per_s"] for r in log if "tokens_per_s" in r][-1]
+        per_step_tokens = self._tokens_per_step()
+        step_s = per_step_tokens / tok_s if tok_s else train_wall / steps
+        return {
+            "encode_sentences_per_s": rate,
+            "encode_sample": n,
+            "model_load_s": load_s,
+            "train_seconds_per_step": step_s,
+            "train_tokens_per_step": per_step_tokens,
+            "train_tokens_per_s": tok_s,
+            "train_setup_s": max(0.0, train_wall - steps * step_s),
+            "eval_unique_sentences": len(sentences),
+            "cpu_threads": _threads(),
+        }
+
+    def _tokens_per_step(self) -> float:
+        from transformers import AutoTokenizer
+
+        from bellm.train_data import prompt_token_ids, read_train_data
+
+        s = self.settings
+        tok = AutoTokenizer.from_pretrained(self.base()["path"], local_files_only=True)
+        data = read_train_data(self.train_data, "triplets", s.max_examples or 512)
+        lengths = [
+            len(ids)
+            for col in data.texts
+            for ids in prompt_token_ids(tok, col[:512], BELLM_PROMPT, s.max_length)
+        ]
+        return float(np.mean(lengths)) * 3 * s.batch_size * s.grad_accum
+
+    def estimate(self) -> dict:
+        """Seconds per remaining stage, from the measured plan (done stages count 0)."""
+        p = self.plan()
+        L = self.base()["num_layers"]
+        tp_unique = 2 * (self.settings.tp_pairs or 1500) * 0.97
+        eval_s = p["eval_unique_sentences"] / p["encode_sentences_per_s"] + p["model_load_s"] + 2
+        train_s = self.total_steps() * p["train_seconds_per_step"] + p["train_setup_s"]
+        rows = {"turning_point": (tp_unique * 2.0 + 6 * tp_unique) / p["encode_sentences_per_s"] + 20}
+        d = self.done("turning_point")
+        design = d["design"] if d else choose_depths([0.0] * (L + 1), L - 2, L)  # a same-sized placeholder
+        for r in self.untrained_rows(design):
+            rows[f"untrained-{r['name']}"] = eval_s
+        for a in self.arms(design):
+            for seed in a["seeds"]:
+                rows[f"train-{a['name']}-seed{seed}"] = train_s
+                rows[f"eval-{a['name']}-seed{seed}"] = eval_s + 5
+        if d is None:  # the placeholder's names may differ from the real ones: count, do not match
+            return {"stages": rows, "remaining_s": sum(rows.values()), "total_s": sum(rows.values())}
+        remaining = {k: (0.0 if self.done(k) else v) for k, v in rows.items()}
+        return {"stages": rows, "remaining_s": sum(remaining.values()), "total_s": sum(rows.values())}
+
+    def total_steps(self) -> int:
+        s = self.settings
+        if s.steps:
+            return s.steps
+        from bellm.train_data import read_train_data
+
+        n = len(read_train_data(self.train_data, "triplets", s.max_examples))
+        return max(1, s.epochs * (n // s.batch_size) // s.grad_accum)
+
+    def run_all(self) -> None:
+        """Every stage not done yet, in order (the caller shows the plan first: :func:`report.format_plan`)."""
+        from tqdm.auto import tqdm
+
+        self.base()
+        tp = self.turning_point()
+        d = tp["design"]
+        tqdm.write(
+            f"turning point: layer {d['turning_point']} of {d['num_layers']}; k = {d['k_bellm']} "
+            f"({d['k_rule']}); second depth k = {d['k_quarter']}"
+        )
+        jobs = []
+        for r in self.untrained_rows(d):
+            jobs.append((f"untrained-{r['name']}", lambda r=r: self._eval_untrained(r)))
+        for a in self.arms(d):
+            for seed in a["seeds"]:
+                jobs.append((f"train-{a['name']}-seed{seed}", lambda a=a, seed=seed: self._train(a, seed)))
+                jobs.append(
+                    (f"eval-{a['name']}-seed{seed}", lambda a=a, seed=seed: self._eval_trained(a, seed))
+                )
+        est = self.estimate()["stages"]
+        todo = [(n, f) for n, f in jobs if self.done(n) is None]
+        total = sum(est.get(n, 60.0) for n, _ in todo)
+        with tqdm(
+            total=round(total),
+            unit="s",
+            desc="reproduce (est. seconds of work)",
+            disable=not self.progress,
+            position=0,
+            dynamic_ncols=True,
+        ) as bar:
+            for name, fn in todo:
+                bar.set_postfix_str(name)
+                self.stage(name, fn)
+                bar.update(round(est.get(name, 60.0)))
+
+    def _eval_untrained(self, row: dict) -> dict:
+        result = self.evaluate(
+            f"untrained-{row['name']}", self.load_encoder(row["from_layer"], row["pooling"])
+        )
+        return {"row": row, **result}
+
+    def _train(self, arm: dict, seed: int) -> dict:
+        config = self.train_config(f"{arm['name']}-seed{seed}", arm["from_layer"], arm["pooling"], seed)
+        result = bellm.train(config)
+        return {"arm": arm, "seed": seed, "train": result, "config": dataclasses.asdict(config)}
+
+    def _eval_trained(self, arm: dict, seed: int) -> dict:
+        adapter = self.done(f"train-{arm['name']}-seed{seed}")["train"]["output_dir"]
+        encoder = self.load_encoder(arm["from_layer"], arm["pooling"], adapter=adapter)
+        result = self.evaluate(f"eval-{arm['name']}-seed{seed}", encoder)
+        return {"arm": arm, "seed": seed, "adapter": adapter, **result}
+
+
+def choose_depths(scores: list[float], turning_point: int | None, num_layers: int) -> dict:
+    """``k`` for BeLLM and the second depth, from the per-layer curve (see the module doc for the rule)."""
+    L = num_layers
+    if turning_point is None:
+        raise ReproduceError("every layer's STS score is undefined; the turning point cannot be chosen")
+    if turning_point <= L - 2:
+        k, rule = turning_point, "the turning point (best dev layer)"
+    else:
+        below = np.asarray(scores[: L - 1], dtype=np.float64)
+        if not np.isfinite(below).any():
+            raise ReproduceError("no defined STS score below layer L-1; cannot choose k")
+        k = int(np.nanargmax(below))
+        rule = (
+            f"the turning point is layer {turning_point} >= L-1, where bidirectionality cannot change a "
+            f"last-token embedding (docs/bidirectional.md, section 1); k = the best dev layer among 0..{L - 2}"
+        )
+    kq, qrule = L - L // 4, "upper quarter of the layers (L - L//4)"
+    if kq == k:
+        kq, qrule = L - L // 2, f"upper half (L - L//2), because the upper quarter {L - L // 4} equals k"
+    return {
+        "num_layers": L,
+        "turning_point": turning_point,
+        "k_bellm": k,
+        "k_rule": rule,
+        "k_quarter": kq,
+        "k_quarter_rule": qrule,
+    }
+
+
+class _PersistentEncoder:
+    """Wraps an encoder for :func:`bellm.evaluate_sts`: every embedding is kept in ``path`` (``.npz``, written
+    atomically at most every ``every_s`` seconds and at the end), so a killed evaluation resumes where it
+    was."""
+
+    def __init__(self, encoder, path: Path, every_s: float = 120.0):
+        self.encoder, self.path, self.every_s = encoder, Path(path), every_s
+        self.cache: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            self.cache = read_embedding_cache(self.path)
+        self._saved = time.monotonic()
+        self._dirty = False
+
+    def encode(self, sentences: list[str], **kwargs) -> np.ndarray:
+        missing = [x for x in dict.fromkeys(sentences) if x not in self.cache]
+        if missing:
+            emb = np.asarray(self.encoder.encode(missing, **kwargs), dtype=np.float32)
+            self.cache.update(zip(missing, emb))
+            self._dirty = True
+            if time.monotonic() - self._saved > self.every_s:
+                self.flush()
+        return np.stack([self.cache[x] for x in sentences])
+
+    def flush(self) -> None:
+        if not self._dirty:
+            return
+        keys = list(self.cache)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, sentences=np.array(keys), embeddings=np.stack([self.cache[k] for k in keys]))
+        self._saved, self._dirty = time.monotonic(), False
+
+
+def read_embedding_cache(path: Path) -> dict[str, np.ndarray]:
+    """``{sentence: embedding}`` from an evaluation's ``cache/<name>.npz`` (see :class:`_PersistentEncoder`)."""
+    with np.load(path) as z:
+        return dict(zip(z["sentences"].tolist(), z["embeddings"]))
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
