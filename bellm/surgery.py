@@ -358,6 +358,37 @@ def _bellm_extra_repr(self: torch.nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _checked_from_layer(hf_model, from_layer, n: int) -> int:
+    """``from_layer`` normalised to ``0..n`` after every check :func:`patch` makes before touching the model
+    (type and range of ``from_layer``, softcapping, ``config.is_causal``, dtype and device)."""
+    if not isinstance(from_layer, int) or isinstance(from_layer, bool):
+        raise TypeError(
+            f"from_layer must be an int in [{-n}, {n}] for this {n}-layer model, got {from_layer!r} "
+            f"({type(from_layer).__name__})"
+        )
+    if not -n <= from_layer <= n:
+        raise ValueError(
+            f"from_layer = {from_layer} is out of range for this {n}-layer model; valid are 0..{n} "
+            f"(0 = all layers bidirectional, {n} = none) and {-n}..-1 (counting from the end)"
+        )
+    config = hf_model.config
+    text_config = config.get_text_config()
+    softcap = getattr(text_config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise NotImplementedError(
+            f"{type(hf_model).__name__} uses attention logit softcapping (attn_logit_softcapping = "
+            f"{softcap}); bellm's attention kernel does not support it"
+        )
+    for cfg in (config, text_config):
+        if getattr(cfg, "is_causal", None) is not None:
+            raise ValueError(
+                f"config.is_causal = {cfg.is_causal!r} is set: it is model-wide and would override bellm's "
+                "per-layer setting; delete it (del model.config.is_causal) and use from_layer"
+            )
+    _check_dtype_device(hf_model)
+    return from_layer + n if from_layer < 0 else from_layer
+
+
 def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
     """Make attention layers ``>= from_layer`` bidirectional and layers ``< from_layer`` causal, in place.
 
@@ -377,10 +408,10 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
             amount of padding. Causal layers are unchanged (pads hidden); packed inputs have no pads, so
             there it changes nothing. Default off: pads are never seen.
 
-    Note: ``from_layer=-1`` with last-token pooling is a no-op. The last real token's final hidden state
-    equals the causal model's exactly: in a causal layer the last query already sees every key, and nothing
-    after the last layer reads the other positions (whose states do change). Bidirectionality changes a
-    last-token embedding only with a lower ``from_layer``, with mean pooling, or when padding leaks in
+    Note: ``from_layer=-1`` with last-token pooling is a no-op (docs/bidirectional.md, section 1). The last real
+    token's final hidden state equals the causal model's exactly: in a causal layer the last query already sees every
+    key, and nothing after the last layer reads the other positions (whose states do change). Bidirectionality changes
+    a last-token embedding only with a lower ``from_layer``, with mean pooling, or when padding leaks in
     (``billm_compat=True``).
 
     The setting is stored in ``model.config.bellm = {"from_layer": k, "billm_compat": bool}`` (``k``
@@ -399,33 +430,8 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
     """
     hf_model = _transformers_model(model)
     modules = _attention_modules(hf_model)
-    n = len(modules)
-    if not isinstance(from_layer, int) or isinstance(from_layer, bool):
-        raise TypeError(
-            f"from_layer must be an int in [{-n}, {n}] for this {n}-layer model, got {from_layer!r} "
-            f"({type(from_layer).__name__})"
-        )
-    if not -n <= from_layer <= n:
-        raise ValueError(
-            f"from_layer = {from_layer} is out of range for this {n}-layer model; valid are 0..{n} "
-            f"(0 = all layers bidirectional, {n} = none) and {-n}..-1 (counting from the end)"
-        )
-    k = from_layer + n if from_layer < 0 else from_layer
+    k = _checked_from_layer(hf_model, from_layer, len(modules))
     config = hf_model.config
-    text_config = config.get_text_config()
-    softcap = getattr(text_config, "attn_logit_softcapping", None)
-    if softcap is not None:
-        raise NotImplementedError(
-            f"{type(hf_model).__name__} uses attention logit softcapping (attn_logit_softcapping = "
-            f"{softcap}); bellm's attention kernel does not support it"
-        )
-    for cfg in (config, text_config):
-        if getattr(cfg, "is_causal", None) is not None:
-            raise ValueError(
-                f"config.is_causal = {cfg.is_causal!r} is set: it is model-wide and would override bellm's "
-                "per-layer setting; delete it (del model.config.is_causal) and use from_layer"
-            )
-    _check_dtype_device(hf_model)
 
     state = getattr(hf_model, _STATE_ATTR, None)
     if state is None:
