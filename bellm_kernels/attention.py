@@ -716,6 +716,7 @@ def _triton_bwd(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, at
 def _attention_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
     cu_seqlens: torch.Tensor | None, max_seqlen: int | None, attention_mask: torch.Tensor | None,
+    grad_wanted: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)``: out shaped like q (contiguous); lse ``(heads, rows)`` float32, the Triton backward's
     saved log-sum-exp (left unset by the CPU path, whose backward recomputes)."""
@@ -723,19 +724,20 @@ def _attention_fwd_op(
         _checks.check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
     if _checks.use_triton(q):
         return _triton_fwd(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask)
-    out = cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
+    out = cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens,
+                        attention_mask=attention_mask, eager_order=grad_wanted)
     return out.contiguous(), q.new_empty(_lse_shape(q, cu_seqlens), dtype=torch.float32)
 
 
 @_attention_fwd_op.register_kernel("cuda")
-def _(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask):
+def _(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask, grad_wanted):
     if cu_seqlens is not None:
         _checks.check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
     return _triton_fwd(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask):
+def _(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask, grad_wanted):
     return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens), dtype=torch.float32)
 
 
@@ -750,10 +752,12 @@ def _attention_bwd_op(
     if _checks.use_triton(q):
         return _triton_bwd(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_mask)
     forward = lambda q_, k_, v_: cpu.attention(  # noqa: E731
-        q_, k_, v_, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask
+        q_, k_, v_, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask,
+        eager_order=True,
     )
     _, vjp = torch.func.vjp(forward, q, k, v)
-    return tuple(g.contiguous() for g in vjp(do))
+    # a custom op may not return an input or a view of one (which an empty gradient can be)
+    return tuple(g.clone() if g.numel() == 0 else g.contiguous() for g in vjp(do))
 
 
 @_attention_bwd_op.register_kernel("cuda")
@@ -767,7 +771,7 @@ def _(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_ma
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask = inputs
+    q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask, _ = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, attention_mask)
     ctx.causal, ctx.scale, ctx.max_seqlen = causal, scale, max_seqlen
@@ -778,7 +782,7 @@ def _backward(ctx, do, _dlse):
     dq, dk, dv = _attention_bwd_op(
         do, q, k, v, out, lse, ctx.causal, ctx.scale, cu_seqlens, ctx.max_seqlen, attention_mask
     )
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -923,5 +927,6 @@ def attention(
     Triton's interpreter when ``TRITON_INTERPRET=1`` (tests). The output is contiguous.
     """
     key_mask, scale = _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale)
-    out, _ = _attention_fwd_op(q, k, v, causal, scale, cu_seqlens, max_seqlen, key_mask)
+    grad_wanted = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    out, _ = _attention_fwd_op(q, k, v, causal, scale, cu_seqlens, max_seqlen, key_mask, grad_wanted)
     return out

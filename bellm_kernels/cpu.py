@@ -20,6 +20,7 @@ every key to look at, then multiplied by zero.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +28,19 @@ import torch.nn.functional as F
 
 from bellm_kernels._checks import tensor_version
 
-__all__ = ["attention", "pool", "plan_groups", "MAX_PAD_WASTE"]
+__all__ = ["attention", "pool", "plan_groups", "MAX_PAD_WASTE", "EAGER_ORDER_MAX_LEN"]
 
 # A packed group may hold up to this fraction of padding on top of its real tokens (measured on STS-B-like
 # lengths, see benchmarks/bench_cpu.py: fewer, larger SDPA calls beat exact-length groups until the padding
 # costs more than the calls save).
 MAX_PAD_WASTE = 0.25
+
+# When gradients are wanted (training) and no sequence is longer than this, attention runs in the operation
+# order of transformers' eager attention on one batch padded to the longest sequence (scores = q @ k^T *
+# scale, masked float32 softmax, @ v) instead of SDPA's blocked kernel, so a trained model's gradients equal
+# those of the eager model on a padded batch to float32 resolution (the model tests compare them at 1e-5).
+# The scores are then materialised, (batch, heads, L, L) with L <= this bound; longer inputs use SDPA.
+EAGER_ORDER_MAX_LEN = 256
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -73,11 +81,11 @@ def plan_groups(lengths: list[int], max_waste: float = MAX_PAD_WASTE) -> list[li
     return groups
 
 
-def _build_groups(cu_seqlens: torch.Tensor) -> list[_Group]:
+def _build_groups(cu_seqlens: torch.Tensor, max_waste: float) -> list[_Group]:
     bounds = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
     groups = []
-    for members in plan_groups(lengths):
+    for members in plan_groups(lengths, max_waste):
         members.sort()
         n, max_len = len(members), max(lengths[i] for i in members)
         first, last = bounds[members[0]], bounds[members[-1] + 1]
@@ -95,15 +103,15 @@ def _build_groups(cu_seqlens: torch.Tensor) -> list[_Group]:
     return groups
 
 
-def _groups(cu_seqlens: torch.Tensor) -> tuple[list[_Group], torch.Tensor | None]:
+def _groups(cu_seqlens: torch.Tensor, max_waste: float) -> tuple[list[_Group], torch.Tensor | None]:
     """The plan for ``cu_seqlens``: the groups, and the permutation that puts the concatenated group outputs
     back in packed order (None when they already are). Remembered on the tensor, so every layer of one forward
     pass reuses it (one host read of ``cu_seqlens`` per forward pass)."""
-    key = tensor_version(cu_seqlens)
+    key = (tensor_version(cu_seqlens), max_waste)
     cached = getattr(cu_seqlens, "_bellm_cpu_groups", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    groups = _build_groups(cu_seqlens.cpu())
+    groups = _build_groups(cu_seqlens.cpu(), max_waste)
     order = torch.cat([g.tokens for g in groups]) if groups else torch.zeros(0, dtype=torch.long)
     identity = bool((order == torch.arange(order.numel())).all())
     plan = (groups, None if identity else torch.argsort(order))
@@ -111,8 +119,27 @@ def _groups(cu_seqlens: torch.Tensor) -> tuple[list[_Group], torch.Tensor | None
     return plan
 
 
-def _sdpa(q, k, v, *, causal: bool, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``q (B, S, H, D)``, ``k, v (B, S, Hkv, D)`` -> ``(B, S, H, D)``; mask broadcastable to (B, 1, S, S)."""
+def _eager_order(q, k, v, *, causal: bool, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """As :func:`_sdpa`, in transformers' eager attention's operation order (see ``EAGER_ORDER_MAX_LEN``)."""
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    group = qh.shape[1] // kh.shape[1]
+    if group > 1:
+        kh, vh = kh.repeat_interleave(group, dim=1), vh.repeat_interleave(group, dim=1)
+    scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    if mask is None and causal:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, vh).transpose(1, 2)
+
+
+def _sdpa(q, k, v, *, causal: bool, scale: float, mask: torch.Tensor | None = None,
+          eager_order: bool = False) -> torch.Tensor:
+    """``q (B, S, H, D)``, ``k, v (B, S, Hkv, D)`` -> ``(B, S, H, D)``; ``mask`` bool (True = may attend),
+    broadcastable to (B, 1, S, S), with the causal triangle already in it when given."""
+    if eager_order and q.shape[1] <= EAGER_ORDER_MAX_LEN:
+        return _eager_order(q, k, v, causal=causal, scale=scale, mask=mask)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
         is_causal=causal and mask is None, scale=scale, enable_gqa=q.shape[2] != k.shape[2],
@@ -120,25 +147,33 @@ def _sdpa(q, k, v, *, causal: bool, scale: float, mask: torch.Tensor | None = No
     return out.transpose(1, 2)
 
 
-def _group_attention(q, k, v, g: _Group, causal: bool, scale: float) -> torch.Tensor:
+def _group_attention(q, k, v, g: _Group, causal: bool, scale: float, eager_order: bool) -> torch.Tensor:
     """Attention of one group: ``(group tokens, heads, head_dim)`` in the order of ``g.tokens``."""
     heads, head_dim = q.shape[1:]
     if g.start is not None:
         end = g.start + g.count * g.max_len
         view = lambda x: x[g.start:end].view(g.count, g.max_len, *x.shape[1:])  # noqa: E731
-        return _sdpa(view(q), view(k), view(v), causal=causal, scale=scale).reshape(-1, heads, head_dim)
+        out = _sdpa(view(q), view(k), view(v), causal=causal, scale=scale, eager_order=eager_order)
+        return out.reshape(-1, heads, head_dim)
     take = lambda x: x.index_select(0, g.gather).view(g.count, g.max_len, *x.shape[1:])  # noqa: E731
     # right padding: a causal query never reaches its pads; a bidirectional one needs the key mask
     mask = None if causal else g.key_mask[:, None, None, :]
-    out = _sdpa(take(q), take(k), take(v), causal=causal, scale=scale, mask=mask)
+    out = _sdpa(take(q), take(k), take(v), causal=causal, scale=scale, mask=mask, eager_order=eager_order)
     return out.reshape(-1, heads, head_dim)[g.keep]
 
 
-def _packed(q, k, v, cu_seqlens: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
-    groups, order = _groups(cu_seqlens)
-    if not groups:  # no token at all
-        return q.new_zeros(q.shape)
-    outs = [_group_attention(q, k, v, g, causal, scale) for g in groups]
+def _longest(cu_seqlens: torch.Tensor) -> int:
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+
+
+def _packed(q, k, v, cu_seqlens: torch.Tensor, causal: bool, scale: float, eager_order: bool) -> torch.Tensor:
+    # eager order pads every sequence to the longest, as an eager model's padded batch does, so that even the
+    # summation lengths match it; otherwise groups of similar lengths
+    one_group = eager_order and _longest(cu_seqlens) <= EAGER_ORDER_MAX_LEN
+    groups, order = _groups(cu_seqlens, math.inf if one_group else MAX_PAD_WASTE)
+    if not groups:  # no token at all: an empty output, still connected to q, k and v for autograd
+        return q.new_zeros(q.shape) + 0 * (q.sum() + k.sum() + v.sum())
+    outs = [_group_attention(q, k, v, g, causal, scale, eager_order) for g in groups]
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     return out if order is None else out.index_select(0, order)
 
@@ -148,9 +183,9 @@ def _packed(q, k, v, cu_seqlens: torch.Tensor, causal: bool, scale: float) -> to
 # --------------------------------------------------------------------------------------------------------
 
 
-def _padded(q, k, v, key_mask: torch.Tensor | None, causal: bool, scale: float) -> torch.Tensor:
+def _padded(q, k, v, key_mask: torch.Tensor | None, causal: bool, scale: float, eager_order: bool) -> torch.Tensor:
     if key_mask is None or bool(key_mask.all()):
-        return _sdpa(q, k, v, causal=causal, scale=scale)
+        return _sdpa(q, k, v, causal=causal, scale=scale, eager_order=eager_order)
     batch, seqlen = key_mask.shape
     counts = key_mask.sum(dim=1)
     right_padded = bool((key_mask == (torch.arange(seqlen) < counts[:, None])).all())
@@ -163,7 +198,7 @@ def _padded(q, k, v, key_mask: torch.Tensor | None, causal: bool, scale: float) 
         if causal:
             allowed = allowed & torch.ones(seqlen, seqlen, dtype=torch.bool).tril()
         mask = (allowed | ~allowed.any(dim=-1, keepdim=True))[:, None]  # (B, 1, S, S)
-    out = _sdpa(q, k, v, causal=causal, scale=scale, mask=mask)
+    out = _sdpa(q, k, v, causal=causal, scale=scale, mask=mask, eager_order=eager_order)
     return out * key_mask[:, :, None, None].to(out.dtype)
 
 
@@ -176,16 +211,19 @@ def attention(
     scale: float,
     cu_seqlens: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    eager_order: bool = False,
 ) -> torch.Tensor:
     """Softmax attention on CPU tensors, differentiable through PyTorch's autograd.
 
     Shapes, masks and results as :func:`bellm_kernels.reference.attention`; ``attention_mask`` is bool (or
-    None) and ``scale`` a float. Inputs are not checked here: :func:`bellm_kernels.attention` checks first.
-    Returns a tensor shaped like ``q`` in ``q.dtype`` (a strided view of SDPA's output where no copy is needed).
+    None) and ``scale`` a float. ``eager_order`` (set when gradients are wanted): batches of at most
+    ``EAGER_ORDER_MAX_LEN`` positions run in eager attention's operation order. Inputs are not checked here:
+    :func:`bellm_kernels.attention` checks first. Returns a tensor shaped like ``q`` in ``q.dtype`` (a strided
+    view of SDPA's output where no copy is needed).
     """
     if cu_seqlens is not None:
-        return _packed(q, k, v, cu_seqlens, causal, scale)
-    return _padded(q, k, v, attention_mask, causal, scale)
+        return _packed(q, k, v, cu_seqlens, causal, scale, eager_order)
+    return _padded(q, k, v, attention_mask, causal, scale, eager_order)
 
 
 # --------------------------------------------------------------------------------------------------------

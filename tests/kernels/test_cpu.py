@@ -48,8 +48,19 @@ def _run(fn, q, k, v, do, **kw):
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def _compare(q, k, v, do, **kw):
-    got = _run(bellm_kernels.attention, q, k, v, do, **kw)
+def _sdpa_path(q, k, v, *, causal, scale=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
+    """bellm_kernels.cpu.attention with gradients from SDPA's own backward (no eager-order training path)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
+
+
+PATHS = {"op": bellm_kernels.attention, "sdpa": _sdpa_path}
+
+
+def _compare(q, k, v, do, path="op", **kw):
+    """``op``: the public op (forward and backward through the custom op; gradients wanted, so short inputs
+    take the eager-order path); ``sdpa``: the SDPA path and its autograd."""
+    got = _run(PATHS[path], q, k, v, do, **kw)
     ref = _run(reference.attention, q.float(), k.float(), v.float(), do.float(), **kw)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
         assert a.dtype == q.dtype and a.shape == b.shape, name
@@ -83,15 +94,16 @@ def _cu(lengths):
     return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
 
 
+@pytest.mark.parametrize("path", ["op", "sdpa"])
 @pytest.mark.parametrize("group", [1, 3])
 @pytest.mark.parametrize("padding", ["none", "left", "right", "mixed"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-def test_padded(causal, padding, group):
+def test_padded(causal, padding, group, path):
     kv_heads = 2
     seed = ["none", "left", "right", "mixed"].index(padding)
     q, k, v, do = _qkv((4, 13, kv_heads * group, 32), kv_heads, seed=seed)
     mask = _mask(padding, 4, 13)
-    out = _compare(q, k, v, do, causal=causal, attention_mask=mask)[0]
+    out = _compare(q, k, v, do, path, causal=causal, attention_mask=mask)[0]
     if mask is not None:
         assert (out[~mask] == 0).all(), "padded query rows must be exactly zero"
 
@@ -107,11 +119,24 @@ def test_padded(causal, padding, group):
     ],
     ids=["single", "equal", "mixed", "spread", "empty"],
 )
+@pytest.mark.parametrize("path", ["op", "sdpa"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-def test_packed(causal, lengths):
+def test_packed(causal, lengths, path):
     total = sum(lengths)
     q, k, v, do = _qkv((total, 6, 64), 2, seed=len(lengths))
+    _compare(q, k, v, do, path, causal=causal, cu_seqlens=_cu(lengths), max_seqlen=max(lengths))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_op_gradients_beyond_the_eager_order_bound(causal):
+    """Sequences longer than EAGER_ORDER_MAX_LEN train through SDPA (forward and backward inside the op)."""
+    lengths = [cpu.EAGER_ORDER_MAX_LEN + 9, 40, 0, 41]
+    q, k, v, do = _qkv((sum(lengths), 4, 32), 2, seed=9)
     _compare(q, k, v, do, causal=causal, cu_seqlens=_cu(lengths), max_seqlen=max(lengths))
+    q, k, v, do = _qkv((2, cpu.EAGER_ORDER_MAX_LEN + 3, 4, 32), 4, seed=10)
+    mask = torch.ones(2, cpu.EAGER_ORDER_MAX_LEN + 3, dtype=torch.bool)
+    mask[1, :100] = False
+    _compare(q, k, v, do, causal=causal, attention_mask=mask)
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
