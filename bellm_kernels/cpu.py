@@ -30,9 +30,9 @@ from bellm_kernels._checks import tensor_version
 
 __all__ = ["attention", "pool", "plan_groups", "MAX_PAD_WASTE", "EAGER_ORDER_MAX_LEN"]
 
-# A packed group may hold up to this fraction of padding on top of its real tokens (measured on STS-B-like
-# lengths, see benchmarks/bench_cpu.py: fewer, larger SDPA calls beat exact-length groups until the padding
-# costs more than the calls save).
+# A packed group may hold up to this fraction of padding on top of its real tokens: fewer, larger SDPA calls
+# save per-call overhead on short sentences until the padding costs more than the calls save. A chosen value,
+# not yet tuned by measurement.
 MAX_PAD_WASTE = 0.25
 
 # When gradients are wanted (training) and no sequence is longer than this, attention runs in the operation

@@ -209,10 +209,14 @@ def _child(group: str, impl: str, threads: int, model_dir: str) -> dict:
 def collect(groups: list[str], rounds: int, threads: int, model_dir: str | None = None, log=print) -> list[dict]:
     """Rows ``{group, impl, median_ms, p20_ms, p80_ms, peak_rss_mb, tokens_per_s, max_abs_diff_vs_hf, ...}``.
 
-    ``model_dir``: a folder written by :func:`save_model` (default: a temporary one, written first)."""
+    ``model_dir``: the model saved by :func:`save_model`, written there first when absent (default: a temporary
+    folder)."""
     import tempfile
 
     if model_dir is not None:
+        if not (Path(model_dir) / "model.safetensors").exists():
+            Path(model_dir).mkdir(parents=True, exist_ok=True)
+            save_model(Path(model_dir))
         return _collect(groups, rounds, threads, model_dir, log)
     with tempfile.TemporaryDirectory() as model_dir:
         save_model(Path(model_dir))
@@ -259,8 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per contender (default: %(default)s)")
     p.add_argument("--output", default="benchmarks/results-cpu.json")
     p.add_argument("--child", nargs=2, metavar=("GROUP", "IMPL"), help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help="a folder with the model saved as safetensors by an earlier run's "
-                   "save_model (default: de-quantise the GGUF into a temporary folder first)")
+    p.add_argument("--model-dir", help="keep the de-quantised model (safetensors) in this folder and reuse it "
+                   "in later runs (default: a temporary folder, de-quantising the GGUF every run)")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(measure_one(*args.child, threads=args.threads, model_dir=args.model_dir)))
