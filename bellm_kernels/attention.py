@@ -928,5 +928,12 @@ def attention(
     """
     key_mask, scale = _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale)
     grad_wanted = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if grad_wanted and not _checks.use_triton(q) and not torch.compiler.is_compiling():
+        # eager CPU training: autograd records the CPU path itself, where the op's backward would recompute
+        # the forward (autograd cannot record inside a custom op)
+        if cu_seqlens is not None:
+            _checks.check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+        return cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=key_mask,
+                             eager_order=True)
     out, _ = _attention_fwd_op(q, k, v, causal, scale, cu_seqlens, max_seqlen, key_mask, grad_wanted)
     return out

@@ -54,12 +54,19 @@ def _sdpa_path(q, k, v, *, causal, scale=None, cu_seqlens=None, max_seqlen=None,
     return cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask)
 
 
-PATHS = {"op": bellm_kernels.attention, "sdpa": _sdpa_path}
+def _custom_op(q, k, v, *, causal, scale=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
+    """The custom op itself (what torch.compile runs), its backward the op ``bellm::attention_bwd``."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return attention_module._attention_fwd_op(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask,
+                                              True)[0]
+
+
+PATHS = {"op": bellm_kernels.attention, "sdpa": _sdpa_path, "custom-op": _custom_op}
 
 
 def _compare(q, k, v, do, path="op", **kw):
-    """``op``: the public op (forward and backward through the custom op; gradients wanted, so short inputs
-    take the eager-order path); ``sdpa``: the SDPA path and its autograd."""
+    """``op``: the public function (gradients wanted, so short inputs take the eager-order path);
+    ``custom-op``: the registered op and its backward op; ``sdpa``: the SDPA path and its autograd."""
     got = _run(PATHS[path], q, k, v, do, **kw)
     ref = _run(reference.attention, q.float(), k.float(), v.float(), do.float(), **kw)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
@@ -94,7 +101,7 @@ def _cu(lengths):
     return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
 
 
-@pytest.mark.parametrize("path", ["op", "sdpa"])
+@pytest.mark.parametrize("path", ["op", "custom-op", "sdpa"])
 @pytest.mark.parametrize("group", [1, 3])
 @pytest.mark.parametrize("padding", ["none", "left", "right", "mixed"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
@@ -119,7 +126,7 @@ def test_padded(causal, padding, group, path):
     ],
     ids=["single", "equal", "mixed", "spread", "empty"],
 )
-@pytest.mark.parametrize("path", ["op", "sdpa"])
+@pytest.mark.parametrize("path", ["op", "custom-op", "sdpa"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_packed(causal, lengths, path):
     total = sum(lengths)
@@ -128,15 +135,16 @@ def test_packed(causal, lengths, path):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-def test_op_gradients_beyond_the_eager_order_bound(causal):
-    """Sequences longer than EAGER_ORDER_MAX_LEN train through SDPA (forward and backward inside the op)."""
+@pytest.mark.parametrize("path", ["op", "custom-op"])
+def test_op_gradients_beyond_the_eager_order_bound(causal, path):
+    """Sequences longer than EAGER_ORDER_MAX_LEN train through SDPA."""
     lengths = [cpu.EAGER_ORDER_MAX_LEN + 9, 40, 0, 41]
     q, k, v, do = _qkv((sum(lengths), 4, 32), 2, seed=9)
-    _compare(q, k, v, do, causal=causal, cu_seqlens=_cu(lengths), max_seqlen=max(lengths))
+    _compare(q, k, v, do, path, causal=causal, cu_seqlens=_cu(lengths), max_seqlen=max(lengths))
     q, k, v, do = _qkv((2, cpu.EAGER_ORDER_MAX_LEN + 3, 4, 32), 4, seed=10)
     mask = torch.ones(2, cpu.EAGER_ORDER_MAX_LEN + 3, dtype=torch.bool)
     mask[1, :100] = False
-    _compare(q, k, v, do, causal=causal, attention_mask=mask)
+    _compare(q, k, v, do, path, causal=causal, attention_mask=mask)
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
