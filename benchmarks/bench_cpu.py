@@ -109,14 +109,12 @@ def _hf(model, tok, prompt: str, batch: int):
     return run
 
 
-def _sentence_transformers(model, tok, prompt: str, tmp: str):
+def _sentence_transformers(model, prompt: str, model_dir: str):
     """sentence-transformers' Transformer + last-token Pooling around the same in-memory model."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    model.save_pretrained(tmp)  # its loader needs a directory; the loaded copy is replaced by `model`
-    tok.save_pretrained(tmp)
-    module = Transformer(tmp)
+    module = Transformer(model_dir)  # the saved model's folder; the loaded copy is replaced by `model`
     module.model = model
     st = SentenceTransformer(modules=[module, Pooling(model.config.hidden_size, pooling_mode="lasttoken")],
                              device="cpu")
@@ -124,7 +122,7 @@ def _sentence_transformers(model, tok, prompt: str, tmp: str):
     return lambda texts: st.encode([head + t + tail for t in texts], batch_size=BATCH, convert_to_tensor=True)
 
 
-def _contender(impl: str, model, tok, prompt: str, tmp: str):
+def _contender(impl: str, model, tok, prompt: str, model_dir: str):
     if impl == "bellm":
         from bellm.encoder import Encoder
 
@@ -132,7 +130,7 @@ def _contender(impl: str, model, tok, prompt: str, tmp: str):
         return lambda texts: enc.encode(texts, convert_to_tensor=True, show_progress_bar=False)
     if impl.startswith("hf-sdpa"):
         return _hf(model, tok, prompt, BATCH)
-    return _sentence_transformers(model, tok, prompt, tmp)
+    return _sentence_transformers(model, prompt, model_dir)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -170,8 +168,6 @@ def save_model(path: Path) -> None:
 
 def measure_one(group: str, impl: str, threads: int, model_dir: str) -> dict:
     """Load the model, warm up on a short input, time the group's workload once; peak RSS of the timed part."""
-    import tempfile
-
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -180,14 +176,13 @@ def measure_one(group: str, impl: str, threads: int, model_dir: str) -> dict:
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
                                       local_files_only=True).eval()
     texts, prompt = _workload(group, tok)
-    with tempfile.TemporaryDirectory() as tmp:
-        run = _contender(impl, model, tok, prompt, tmp)
-        run(texts[:BATCH] if len(texts) > 1 else [texts[0][:2000]])  # warm-up: thread pool, allocator
-        reset = _reset_peak_rss()
-        t0 = time.perf_counter()
-        emb = run(texts)
-        seconds = time.perf_counter() - t0
-        peak = _peak_rss_mb(reset)
+    run = _contender(impl, model, tok, prompt, model_dir)
+    run(texts[:BATCH] if len(texts) > 1 else [texts[0][:2000]])  # warm-up: thread pool, allocator
+    reset = _reset_peak_rss()
+    t0 = time.perf_counter()
+    emb = run(texts)
+    seconds = time.perf_counter() - t0
+    peak = _peak_rss_mb(reset)
     lengths = [len(x) for x in tok([prompt.replace("{text}", t) for t in texts])["input_ids"]]
     return {"seconds": seconds, "peak_rss_mb": peak, "peak_scope": "timed part" if reset else "process",
             "tokens": sum(lengths), "texts": len(texts), "embeddings": emb.float().tolist()}
@@ -232,15 +227,24 @@ def _collect(groups, rounds, threads, model_dir, log) -> list[dict]:
     for group in groups:
         impls = GROUPS[group]
         samples: dict[str, list[dict]] = {impl: [] for impl in impls}
+        failed: dict[str, str] = {}
         for r in range(rounds):
             for impl in impls if r % 2 == 0 else impls[::-1]:
-                result = _child(group, impl, threads, model_dir)
+                try:
+                    result = _child(group, impl, threads, model_dir)
+                except RuntimeError as err:  # a contender that cannot run becomes a skipped row
+                    log(str(err))
+                    failed[impl] = str(err)[-300:]
+                    continue
                 log(f"{group} round {r + 1}/{rounds} {impl}: {result['seconds']:.2f} s, "
                     f"peak {result['peak_rss_mb']:.0f} MB")
                 samples[impl].append(result)
         peer = next(i for i in impls if i.startswith("hf-"))
-        peer_emb = torch.tensor(samples[peer][0]["embeddings"])
+        peer_emb = torch.tensor(samples[peer][0]["embeddings"]) if samples[peer] else None
         for impl, results in samples.items():
+            if not results:
+                rows.append({"module": "cpu", "group": group, "impl": impl, "skipped": failed.get(impl, "no run")})
+                continue
             first = results[0]
             timing = summarize([x["seconds"] * 1000 for x in results])
             rss = sorted(x["peak_rss_mb"] for x in results)
@@ -249,7 +253,7 @@ def _collect(groups, rounds, threads, model_dir, log) -> list[dict]:
                 "module": "cpu", "group": group, "impl": impl, **timing,
                 "tokens_per_s": first["tokens"] / (timing["median_ms"] / 1000),
                 "peak_rss_mb": rss[len(rss) // 2],
-                "max_abs_diff_vs_hf": float((emb - peer_emb).abs().max()) if impl != peer else 0.0,
+                "max_abs_diff_vs_hf": None if peer_emb is None else float((emb - peer_emb).abs().max()),
                 "rounds": len(results),
                 "note": f"{first['texts']} text(s), {first['tokens']} tokens; peak RSS of the {first['peak_scope']}",
             })

@@ -315,9 +315,10 @@ def cpu_section(results: dict, source: str) -> list[str]:
             if bellm is not None and row is not bellm:
                 speed = f"**{_ratio(row['median_ms'] / bellm['median_ms'])}×**"
                 mem = _ratio(bellm["peak_rss_mb"] / row["peak_rss_mb"])
+            diff = row.get("max_abs_diff_vs_hf")
             lines.append(
                 f"| {impl} | {row['median_ms'] / 1000:.2f} | {_num(row['tokens_per_s'])} | "
-                f"{row['peak_rss_mb']:.0f} | {speed} | {mem} | {row.get('max_abs_diff_vs_hf', 0.0):.2g} | "
+                f"{row['peak_rss_mb']:.0f} | {speed} | {mem} | {'' if diff is None else f'{diff:.2g}'} | "
                 f"{row.get('rounds', '')} | {_cell(row.get('note', ''))} |"
             )
         lines.append("")
