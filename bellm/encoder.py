@@ -9,7 +9,7 @@ The hot path of one :meth:`Encoder.encode` call::
       -> bellm_kernels.pool(mode, cu_seqlens, normalize fused) (n, dim)
       -> restore input order -> numpy / tensor
 
-No padding token is ever computed. On CPU the model's attention runs through :mod:`bellm_kernels.reference`.
+No padding token is ever computed. On CPU the model's attention runs through :mod:`bellm_kernels.cpu` (SDPA).
 
 Prompts are ``{text}`` templates. With ``pooling="last"`` the default is BeLLM's
 ``The representative word for sentence {text} is:"`` (:data:`BELLM_PROMPT`): the last token is then always the

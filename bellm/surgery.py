@@ -246,6 +246,8 @@ def bellm_mask(
     if attention_mask is None:
         return None
     attention_mask = attention_mask[:, -kv_length:].bool()
+    if torch.compiler.is_compiling():  # no data-dependent shortcut inside a traced graph (a graph break)
+        return attention_mask
     if attention_mask.shape[1] == kv_length and bool(attention_mask.all()):
         return None
     return attention_mask

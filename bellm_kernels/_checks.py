@@ -1,11 +1,15 @@
 """Input checks and the CPU/GPU dispatch rule shared by every op in ``bellm_kernels``.
 
 Every check raises before any kernel launch, with a message that names the offending value and the fix.
+Checks that only look at types and shapes run in the public functions (and so also while ``torch.compile``
+traces them); checks that read tensor *values* (``cu_seqlens``) run inside the custom ops, where the data is
+real.
 
-Dispatch rule (the only place it is written down): a CUDA tensor runs the Triton kernel; a CPU tensor runs the
-plain-PyTorch reference, unless the environment variable ``TRITON_INTERPRET=1`` is set *at call time*, in which case
-the Triton kernel runs in Triton's interpreter (used by the test-suite; it must also be set before triton is
-imported, which is Triton's own rule).
+Dispatch rule (the only place it is written down): a CUDA tensor runs the Triton kernel; a CPU tensor runs
+the CPU path (:mod:`bellm_kernels.cpu`, built on PyTorch's SDPA), unless the environment variable
+``TRITON_INTERPRET=1`` is set *at call time*, in which case the Triton kernel runs in Triton's interpreter
+(used by the test-suite; it must also be set before triton is imported, which is Triton's own rule).
+:mod:`bellm_kernels.reference` is never dispatched to: it is the ground truth of the tests.
 """
 
 from __future__ import annotations
@@ -79,11 +83,14 @@ def tensor_version(tensor: torch.Tensor) -> int:
 def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None = None) -> None:
     """Validate flash-attn style ``cu_seqlens``: int32, 1-D, ``[0, ..., total_tokens]``, non-decreasing.
 
-    Values are read once per tensor version: the first call with a given ``cu_seqlens`` tensor pays one small
-    device-to-host copy; later calls with the same, unmodified tensor (every layer of one forward pass) skip it,
-    so the hot path has no host synchronisation. The check result is remembered on the tensor itself.
-    ``max_seqlen``, when given, must be at least the longest sequence.
+    Both halves: :func:`check_cu_seqlens_meta` (no data read) then :func:`check_cu_seqlens_values`.
     """
+    check_cu_seqlens_meta(cu_seqlens, max_seqlen)
+    check_cu_seqlens_values(cu_seqlens, total_tokens, max_seqlen)
+
+
+def check_cu_seqlens_meta(cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> None:
+    """Type, dtype and rank of ``cu_seqlens`` and the type of ``max_seqlen``; reads no tensor data."""
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be an int32 torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype != torch.int32:
@@ -96,6 +103,16 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: in
         )
     if max_seqlen is not None and (not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool)):
         raise TypeError(f"max_seqlen must be a Python int, got {max_seqlen!r}")
+
+
+def check_cu_seqlens_values(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int | None = None) -> None:
+    """The values of ``cu_seqlens``: start at 0, non-decreasing, end at ``total_tokens``; ``max_seqlen``, when
+    given, at least the longest sequence.
+
+    Values are read once per tensor version: the first call with a given ``cu_seqlens`` tensor pays one small
+    device-to-host copy; later calls with the same, unmodified tensor (every layer of one forward pass) skip it,
+    so the hot path has no host synchronisation. The check result is remembered on the tensor itself.
+    """
     key = (tensor_version(cu_seqlens), total_tokens, max_seqlen)
     if getattr(cu_seqlens, "_bellm_checked", None) == key:
         return

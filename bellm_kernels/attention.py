@@ -2,8 +2,9 @@
 
 Layers, in order: the ``@triton.jit`` kernels (``_attn_fwd_kernel``, ``_attn_bwd_preprocess_kernel``,
 ``_attn_bwd_dkdv_kernel``, ``_attn_bwd_dq_kernel``) → the launchers ``_attn_fwd`` / ``_attn_bwd`` (choose
-blocks, allocate, launch; no autograd) → ``_AttentionFunction`` → the public :func:`attention` (docstring,
-checks, dispatch).
+blocks, allocate, launch; no autograd) → the custom ops ``bellm::attention_fwd`` / ``bellm::attention_bwd``
+(device dispatch, autograd, fake tensors for ``torch.compile``) → the public :func:`attention` (docstring,
+checks).
 
 Algorithm (FlashAttention-2): the forward streams key/value blocks through an online base-2 softmax and saves
 the log-sum-exp ``lse`` (base 2, one float32 per query row and head); the backward recomputes the
@@ -36,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bellm_kernels import _checks, reference
+from bellm_kernels import _checks, cpu
 
 __all__ = ["attention", "MAX_HEAD_DIM"]
 
@@ -684,20 +685,107 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-class _AttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float, lay: _Layout):
-        q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
-        o, lse = _attn_fwd(q, k, v, causal, scale, lay)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale, ctx.lay = causal, scale, lay
-        return o
+# ------------------------------------------------------------------------------------------------------------
+# the custom ops: bellm::attention_fwd and bellm::attention_bwd
+# ------------------------------------------------------------------------------------------------------------
+# Registered with torch.library so that torch.compile sees one opaque op per call (no graph break, no trace
+# into Triton launches or host reads). The CUDA registration runs the Triton kernels; the CPU one runs
+# bellm_kernels.cpu, or the Triton kernels in the interpreter when TRITON_INTERPRET=1. Outputs are always
+# contiguous (what the fake implementations promise).
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _attn_bwd(_unit_stride(do), q, k, v, o, lse, ctx.causal, ctx.scale, ctx.lay)
-        return dq, dk, dv, None, None, None
+
+def _lse_shape(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple[int, int]:
+    rows = q.shape[0] if cu_seqlens is not None else q.shape[0] * q.shape[1]
+    return q.shape[-2], rows
+
+
+def _triton_fwd(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask):
+    lay = _make_layout(q, cu_seqlens, max_seqlen, attention_mask)
+    o, lse = _attn_fwd(_unit_stride(q), _unit_stride(k), _unit_stride(v), causal, scale, lay)
+    return o.contiguous(), lse
+
+
+def _triton_bwd(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_mask):
+    lay = _make_layout(q, cu_seqlens, max_seqlen, attention_mask)
+    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
+    dq, dk, dv = _attn_bwd(_unit_stride(do), q, k, v, out, lse, causal, scale, lay)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
+@torch.library.custom_op("bellm::attention_fwd", mutates_args=(), device_types="cpu")
+def _attention_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+    cu_seqlens: torch.Tensor | None, max_seqlen: int | None, attention_mask: torch.Tensor | None,
+    grad_wanted: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)``: out shaped like q (contiguous); lse ``(heads, rows)`` float32, the Triton backward's
+    saved log-sum-exp (left unset by the CPU path, whose backward recomputes)."""
+    if cu_seqlens is not None:
+        _checks.check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+    if _checks.use_triton(q):
+        return _triton_fwd(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask)
+    out = cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens,
+                        attention_mask=attention_mask, eager_order=grad_wanted)
+    return out.contiguous(), q.new_empty(_lse_shape(q, cu_seqlens), dtype=torch.float32)
+
+
+@_attention_fwd_op.register_kernel("cuda")
+def _(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask, grad_wanted):
+    if cu_seqlens is not None:
+        _checks.check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+    return _triton_fwd(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask, grad_wanted):
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens), dtype=torch.float32)
+
+
+@torch.library.custom_op("bellm::attention_bwd", mutates_args=(), device_types="cpu")
+def _attention_bwd_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    causal: bool, scale: float, cu_seqlens: torch.Tensor | None, max_seqlen: int | None,
+    attention_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` (contiguous) for the upstream gradient ``do``; the CPU path recomputes its forward
+    under ``torch.func.vjp`` (autograd is not recorded inside a custom op's implementation)."""
+    if _checks.use_triton(q):
+        return _triton_bwd(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_mask)
+    forward = lambda q_, k_, v_: cpu.attention(  # noqa: E731
+        q_, k_, v_, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=attention_mask,
+        eager_order=True,
+    )
+    _, vjp = torch.func.vjp(forward, q, k, v)
+    # a custom op may not return an input or a view of one (which an empty gradient can be)
+    return tuple(g.clone() if g.numel() == 0 else g.contiguous() for g in vjp(do))
+
+
+@_attention_bwd_op.register_kernel("cuda")
+def _(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_mask):
+    return _triton_bwd(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_mask)
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, out, lse, causal, scale, cu_seqlens, max_seqlen, attention_mask):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, scale, cu_seqlens, max_seqlen, attention_mask, _ = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, attention_mask)
+    ctx.causal, ctx.scale, ctx.max_seqlen = causal, scale, max_seqlen
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, out, lse, cu_seqlens, attention_mask = ctx.saved_tensors
+    dq, dk, dv = _attention_bwd_op(
+        do, q, k, v, out, lse, ctx.causal, ctx.scale, cu_seqlens, ctx.max_seqlen, attention_mask
+    )
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -779,7 +867,7 @@ def _check_inputs(
             "(e.g. 32, 64, 80, 96, 128, 256)"
         )
     if cu_seqlens is not None:
-        _checks.check_cu_seqlens(cu_seqlens, total_tokens=q.shape[0], max_seqlen=max_seqlen)
+        _checks.check_cu_seqlens_meta(cu_seqlens, max_seqlen)  # the values are checked inside the op
         return None, scale
     if attention_mask is not None:
         return _checks.check_mask("attention_mask", attention_mask, q.shape[0], q.shape[1]), scale
@@ -833,12 +921,19 @@ def attention(
         ``cu_seqlens``, ``attention_mask`` and ``cu_seqlens`` together, ``max_seqlen`` missing, misplaced or too
         small.
 
-    CUDA tensors run the Triton kernels; CPU tensors run :func:`bellm_kernels.reference.attention`, or the
-    Triton kernels in Triton's interpreter when ``TRITON_INTERPRET=1`` (tests).
+    Runs as the custom op ``torch.ops.bellm.attention_fwd`` (with ``bellm::attention_bwd`` as its backward),
+    so ``torch.compile(fullgraph=True)`` traces it without a graph break. CUDA tensors run the Triton
+    kernels; CPU tensors run :func:`bellm_kernels.cpu.attention` (PyTorch SDPA), or the Triton kernels in
+    Triton's interpreter when ``TRITON_INTERPRET=1`` (tests). The output is contiguous.
     """
     key_mask, scale = _check_inputs(q, k, v, causal, cu_seqlens, max_seqlen, attention_mask, scale)
-    if not _checks.use_triton(q):
-        return reference.attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                   attention_mask=key_mask, scale=scale)
-    lay = _make_layout(q, cu_seqlens, max_seqlen, key_mask)
-    return _AttentionFunction.apply(q, k, v, causal, scale, lay)
+    grad_wanted = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if grad_wanted and not _checks.use_triton(q) and not torch.compiler.is_compiling():
+        # eager CPU training: autograd records the CPU path itself, where the op's backward would recompute
+        # the forward (autograd cannot record inside a custom op)
+        if cu_seqlens is not None:
+            _checks.check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+        return cpu.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens, attention_mask=key_mask,
+                             eager_order=True)
+    out, _ = _attention_fwd_op(q, k, v, causal, scale, cu_seqlens, max_seqlen, key_mask, grad_wanted)
+    return out

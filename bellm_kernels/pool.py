@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bellm_kernels import _checks, reference
+from bellm_kernels import _checks, cpu
 from bellm_kernels.reference import POOL_MODES
 
 __all__ = ["pool", "POOL_MODES"]
@@ -232,62 +232,159 @@ def _norm_block(D: int, interpret: bool) -> tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
-class _PoolFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, keep, cu_seqlens, mode_id: int, normalize: bool):
-        packed = cu_seqlens is not None
-        interpret = hidden.device.type == "cpu"
-        if packed:
-            num_seqs, seqlen, D = cu_seqlens.numel() - 1, 0, hidden.shape[1]
-            h_strides, keep_stride_b = (0, hidden.stride(0)), 0
-        else:
-            num_seqs, seqlen, D = hidden.shape
-            h_strides, keep_stride_b = (hidden.stride(0), hidden.stride(1)), seqlen
-        dev = hidden.device
-        out = _alloc((num_seqs, D), hidden.dtype, dev)
-        pooled = _alloc((num_seqs, D), torch.float32, dev) if normalize else out
-        count = _alloc((num_seqs,), torch.int32, dev)
-        sel = _alloc((num_seqs,), torch.int64, dev)
-        norm = _alloc((num_seqs,), torch.float32, dev) if normalize else None
-        flags = {"MODE": mode_id, "PACKED": packed, "HAS_KEEP": keep is not None}
-        if out.numel() > 0:  # else nothing to compute (no sequence or dim 0); backward checks the same
-            # the kernel never dereferences keep / cu_seqlens when its flags say they are absent
-            args = (hidden, keep if keep is not None else hidden, cu_seqlens if packed else count, pooled,
-                    count, sel, seqlen, D, *h_strides, pooled.stride(0), keep_stride_b)
-            _launch_pool(_pool_fwd_kernel, _pool_fwd_tuned, num_seqs, D, args, flags, interpret)
-            if normalize:
-                block, warps = _norm_block(D, interpret)
-                _l2norm_fwd_kernel[(num_seqs,)](pooled, out, norm, D, pooled.stride(0), out.stride(0),
-                                                EPS=_EPS, BLOCK_D=block, num_warps=warps)
-        ctx.save_for_backward(keep, cu_seqlens, count, sel, pooled if normalize else None, norm)
-        ctx.meta = (tuple(hidden.shape), hidden.dtype, seqlen, keep_stride_b, flags, interpret)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        keep, cu_seqlens, count, sel, pooled, norm = ctx.saved_tensors
-        shape, dtype, seqlen, keep_stride_b, flags, interpret = ctx.meta
-        grad_hidden = _alloc(shape, dtype, grad_out.device)
-        num_seqs, D = grad_out.shape
-        if grad_hidden.numel() == 0:  # no token or dim 0 (num_seqs == 0 implies no token)
-            return grad_hidden, None, None, None, None
-        if grad_out.stride(-1) != 1:
-            grad_out = grad_out.contiguous()
-        g = grad_out
-        if pooled is not None:
-            g = _alloc((num_seqs, D), torch.float32, grad_out.device)
+def _triton_pool_fwd(hidden, keep, cu_seqlens, mode_id: int, normalize: bool) -> tuple[torch.Tensor, tuple]:
+    """Launch the pooling forward: ``(out (num_seqs, dim), state)``; ``state`` is what :func:`_triton_pool_bwd`
+    needs (the per-sequence pooled-token count and selected row, the float32 pooled rows and their norms)."""
+    packed = cu_seqlens is not None
+    interpret = hidden.device.type == "cpu"
+    if packed:
+        num_seqs, seqlen, D = cu_seqlens.numel() - 1, 0, hidden.shape[1]
+        h_strides, keep_stride_b = (0, hidden.stride(0)), 0
+    else:
+        num_seqs, seqlen, D = hidden.shape
+        h_strides, keep_stride_b = (hidden.stride(0), hidden.stride(1)), seqlen
+    dev = hidden.device
+    out = _alloc((num_seqs, D), hidden.dtype, dev)
+    pooled = _alloc((num_seqs, D), torch.float32, dev) if normalize else out
+    count = _alloc((num_seqs,), torch.int32, dev)
+    sel = _alloc((num_seqs,), torch.int64, dev)
+    norm = _alloc((num_seqs,), torch.float32, dev) if normalize else None
+    flags = {"MODE": mode_id, "PACKED": packed, "HAS_KEEP": keep is not None}
+    if out.numel() > 0:  # else nothing to compute (no sequence or dim 0); backward checks the same
+        # the kernel never dereferences keep / cu_seqlens when its flags say they are absent
+        args = (hidden, keep if keep is not None else hidden, cu_seqlens if packed else count, pooled,
+                count, sel, seqlen, D, *h_strides, pooled.stride(0), keep_stride_b)
+        _launch_pool(_pool_fwd_kernel, _pool_fwd_tuned, num_seqs, D, args, flags, interpret)
+        if normalize:
             block, warps = _norm_block(D, interpret)
-            _l2norm_bwd_kernel[(num_seqs,)](grad_out, pooled, norm, g, D, grad_out.stride(0),
-                                            pooled.stride(0), g.stride(0), EPS=_EPS, BLOCK_D=block,
-                                            num_warps=warps)
-        if flags["PACKED"]:
-            dh_strides = (0, grad_hidden.stride(0))
-        else:
-            dh_strides = (grad_hidden.stride(0), grad_hidden.stride(1))
-        args = (g, keep if keep is not None else g, cu_seqlens if flags["PACKED"] else count, count, sel,
-                grad_hidden, seqlen, D, g.stride(0), *dh_strides, keep_stride_b)
-        _launch_pool(_pool_bwd_kernel, _pool_bwd_tuned, num_seqs, D, args, flags, interpret)
-        return grad_hidden, None, None, None, None
+            _l2norm_fwd_kernel[(num_seqs,)](pooled, out, norm, D, pooled.stride(0), out.stride(0),
+                                            EPS=_EPS, BLOCK_D=block, num_warps=warps)
+    meta = (tuple(hidden.shape), hidden.dtype, seqlen, keep_stride_b, flags, interpret)
+    return out, (keep, cu_seqlens, count, sel, pooled if normalize else None, norm, meta)
+
+
+def _triton_pool_bwd(grad_out, state) -> torch.Tensor:
+    """Launch the pooling backward: ``grad_hidden`` shaped like ``hidden``."""
+    keep, cu_seqlens, count, sel, pooled, norm, meta = state
+    shape, dtype, seqlen, keep_stride_b, flags, interpret = meta
+    grad_hidden = _alloc(shape, dtype, grad_out.device)
+    num_seqs, D = grad_out.shape
+    if grad_hidden.numel() == 0:  # no token or dim 0 (num_seqs == 0 implies no token)
+        return grad_hidden
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    g = grad_out
+    if pooled is not None:
+        g = _alloc((num_seqs, D), torch.float32, grad_out.device)
+        block, warps = _norm_block(D, interpret)
+        _l2norm_bwd_kernel[(num_seqs,)](grad_out, pooled, norm, g, D, grad_out.stride(0),
+                                        pooled.stride(0), g.stride(0), EPS=_EPS, BLOCK_D=block,
+                                        num_warps=warps)
+    if flags["PACKED"]:
+        dh_strides = (0, grad_hidden.stride(0))
+    else:
+        dh_strides = (grad_hidden.stride(0), grad_hidden.stride(1))
+    args = (g, keep if keep is not None else g, cu_seqlens if flags["PACKED"] else count, count, sel,
+            grad_hidden, seqlen, D, g.stride(0), *dh_strides, keep_stride_b)
+    _launch_pool(_pool_bwd_kernel, _pool_bwd_tuned, num_seqs, D, args, flags, interpret)
+    return grad_hidden
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the custom ops bellm::pool and bellm::pool_bwd (CUDA -> Triton; CPU -> bellm_kernels.cpu, or the Triton
+# kernels in the interpreter when TRITON_INTERPRET=1). The backward re-runs the forward launch (one cheap pass)
+# for the per-sequence state instead of returning it from the forward op. Outputs are contiguous.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _keep(hidden, attention_mask, pool_mask):
+    """The pooled-token mask as the kernels read it (uint8, or None for every token of a packed batch)."""
+    if attention_mask is not None:
+        keep = attention_mask if pool_mask is None else attention_mask & pool_mask
+    else:
+        keep = pool_mask
+    return keep.contiguous().view(torch.uint8) if keep is not None else None
+
+
+def _triton_pool(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask):
+    hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
+    keep = _keep(hidden, attention_mask, pool_mask)
+    return hidden, _triton_pool_fwd(hidden, keep, cu_seqlens, _MODE_IDS[mode], normalize)
+
+
+@torch.library.custom_op("bellm::pool", mutates_args=(), device_types="cpu")
+def _pool_op(
+    hidden: torch.Tensor, mode: str, normalize: bool, attention_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None, pool_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """``(num_seqs, dim)`` pooled vectors in ``hidden.dtype``."""
+    if cu_seqlens is not None:
+        _checks.check_cu_seqlens_values(cu_seqlens, hidden.shape[0])
+    if _checks.use_triton(hidden):
+        return _triton_pool(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask)[1][0]
+    out = cpu.pool(hidden, mode=mode, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
+                   normalize=normalize, pool_mask=pool_mask)
+    return out.contiguous()
+
+
+@_pool_op.register_kernel("cuda")
+def _(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask):
+    if cu_seqlens is not None:
+        _checks.check_cu_seqlens_values(cu_seqlens, hidden.shape[0])
+    return _triton_pool(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask)[1][0]
+
+
+def _num_seqs(hidden, attention_mask, cu_seqlens) -> int:
+    return cu_seqlens.shape[0] - 1 if cu_seqlens is not None else hidden.shape[0]
+
+
+@_pool_op.register_fake
+def _(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask):
+    return hidden.new_empty((_num_seqs(hidden, attention_mask, cu_seqlens), hidden.shape[-1]))
+
+
+@torch.library.custom_op("bellm::pool_bwd", mutates_args=(), device_types="cpu")
+def _pool_bwd_op(
+    grad_out: torch.Tensor, hidden: torch.Tensor, mode: str, normalize: bool,
+    attention_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None, pool_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """``grad_hidden`` (contiguous, shaped like ``hidden``) for the upstream gradient ``grad_out``."""
+    if _checks.use_triton(hidden):
+        return _triton_pool_grad(grad_out, hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask)
+    forward = lambda h: cpu.pool(h, mode=mode, attention_mask=attention_mask, cu_seqlens=cu_seqlens,  # noqa: E731
+                                 normalize=normalize, pool_mask=pool_mask)
+    _, vjp = torch.func.vjp(forward, hidden)
+    return vjp(grad_out)[0].contiguous()
+
+
+def _triton_pool_grad(grad_out, hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask):
+    hidden, (_, state) = _triton_pool(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask)
+    return _triton_pool_bwd(grad_out, state)
+
+
+@_pool_bwd_op.register_kernel("cuda")
+def _(grad_out, hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask):
+    return _triton_pool_grad(grad_out, hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask)
+
+
+@_pool_bwd_op.register_fake
+def _(grad_out, hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask):
+    return hidden.new_empty(hidden.shape)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask = inputs
+    ctx.save_for_backward(hidden, attention_mask, cu_seqlens, pool_mask)
+    ctx.mode, ctx.normalize = mode, normalize
+
+
+def _pool_backward(ctx, grad_out):
+    hidden, attention_mask, cu_seqlens, pool_mask = ctx.saved_tensors
+    grad = _pool_bwd_op(grad_out, hidden, ctx.mode, ctx.normalize, attention_mask, cu_seqlens, pool_mask)
+    return grad, None, None, None, None, None
+
+
+_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)
 
 
 def _check_inputs(hidden, mode, attention_mask, cu_seqlens, normalize, pool_mask):
@@ -325,7 +422,7 @@ def _check_inputs(hidden, mode, attention_mask, cu_seqlens, normalize, pool_mask
             f"hidden has shape {tuple(hidden.shape)}; with cu_seqlens the packed layout (total_tokens, dim) "
             "is expected (for padded (batch, seqlen, dim) pass attention_mask instead)"
         )
-    _checks.check_cu_seqlens(cu_seqlens, hidden.shape[0])
+    _checks.check_cu_seqlens_meta(cu_seqlens)  # the values are checked inside the op
     if pool_mask is not None:
         if pool_mask.dim() != 1 or pool_mask.shape[0] != hidden.shape[0]:
             raise ValueError(
@@ -371,19 +468,9 @@ def pool(
     A sequence with no pooled token gives a zero vector and zero gradients. Pass exactly one of
     ``attention_mask`` and ``cu_seqlens``. Raises ``ValueError`` for an unknown mode, both/neither mask, wrong
     shapes, bad ``cu_seqlens`` or mixed devices, ``TypeError`` for an unsupported dtype or mask dtype, all
-    before any kernel launch. CUDA tensors run the Triton kernels (differentiable w.r.t. ``hidden``); CPU
-    tensors run :func:`bellm_kernels.reference.pool` unless ``TRITON_INTERPRET=1``.
+    before any kernel launch. Runs as the custom op ``torch.ops.bellm.pool`` (``torch.compile`` traces it
+    without a graph break), differentiable w.r.t. ``hidden``: CUDA tensors run the Triton kernels, CPU tensors
+    :func:`bellm_kernels.cpu.pool`, or the Triton kernels in Triton's interpreter when ``TRITON_INTERPRET=1``.
     """
     attention_mask, pool_mask = _check_inputs(hidden, mode, attention_mask, cu_seqlens, normalize, pool_mask)
-    if not _checks.use_triton(hidden):
-        return reference.pool(hidden, mode=mode, attention_mask=attention_mask, cu_seqlens=cu_seqlens,
-                              normalize=normalize, pool_mask=pool_mask)
-    if hidden.stride(-1) != 1:
-        hidden = hidden.contiguous()
-    if attention_mask is not None:
-        keep = attention_mask if pool_mask is None else attention_mask & pool_mask
-    else:
-        keep = pool_mask
-    if keep is not None:
-        keep = keep.contiguous().view(torch.uint8)
-    return _PoolFunction.apply(hidden, keep, cu_seqlens, _MODE_IDS[mode], normalize)
+    return _pool_op(hidden, mode, normalize, attention_mask, cu_seqlens, pool_mask)

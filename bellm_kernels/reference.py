@@ -1,7 +1,7 @@
 """Plain-PyTorch twins of the Triton ops: same signatures, float32 maths, explicit masks.
 
-These are the ground truth for the tests and the execution path on CPU tensors. They are written to be obviously
-right, then reasonably fast on CPU (packed inputs are scattered into a padded batch once, so the maths is batched).
+These are the ground truth for the tests (CPU tensors run :mod:`bellm_kernels.cpu` instead). They are written to be
+obviously right (packed inputs are scattered into a padded batch once, so the maths is batched).
 
 Layouts (as flash-attn / fla):
 

@@ -311,3 +311,27 @@ def test_smoke_suite_end_to_end(tmp_path):
         assert proc.returncode == 0, proc.stdout[-5000:]
         pb_rows = report.load_results(pb_json)["rows"]
         assert len(pb_rows) == results["modules"][name]["rows"] and {r["module"] for r in pb_rows} == {name}
+
+
+def test_report_cpu_section_from_bench_cpu_results(tmp_path):
+    """--cpu alone writes a CPU-only BENCHMARKS.md: labelled CPU, bellm's speed-up and memory ratio per peer."""
+    rows = [
+        {"module": "cpu", "group": "long-2k", "impl": "bellm", "median_ms": 2000.0, "p20_ms": 2000.0,
+         "p80_ms": 2000.0, "tokens_per_s": 1024.0, "peak_rss_mb": 1100.0, "max_abs_diff_vs_hf": 1e-5,
+         "rounds": 1, "note": "1 text(s), 2048 tokens"},
+        {"module": "cpu", "group": "long-2k", "impl": "hf-sdpa", "median_ms": 3000.0, "p20_ms": 3000.0,
+         "p80_ms": 3000.0, "tokens_per_s": 682.7, "peak_rss_mb": 1000.0, "max_abs_diff_vs_hf": 0.0,
+         "rounds": 1, "note": "1 text(s), 2048 tokens"},
+    ]
+    env = {"cpu": "x86_64", "cpu_count": 2, "threads": 2, "torch": "2.13", "transformers": "5.24",
+           "date": "2026-01-01T00:00:00+00:00", "load_average_at_start": 1.0, "load_average_at_end": 2.0}
+    source = tmp_path / "results-cpu.json"
+    source.write_text(json.dumps({"environment": env, "kind": "cpu", "rows": rows}))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report.main(["--cpu", str(source), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## CPU (not a GPU benchmark)" in text and "No GPU benchmark has been run yet" in text
+    hf_line = next(line for line in text.splitlines() if line.startswith("| hf-sdpa |"))
+    assert "**1.50×**" in hf_line and "| 1.10 |" in hf_line  # 3000 / 2000 faster; 1100 / 1000 memory
+    with pytest.raises(SystemExit):  # neither a results file nor --cpu
+        report.parse_args([])

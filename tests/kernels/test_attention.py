@@ -274,16 +274,17 @@ def test_property_random_shapes_and_masks(batch, seqlen, kv_heads, group, head_d
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_cpu_without_interpreter_runs_reference(monkeypatch):
+def test_cpu_without_interpreter_runs_cpu_path(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
 
     def boom(*args, **kwargs):
         raise AssertionError("the Triton path ran on a CPU tensor without TRITON_INTERPRET=1")
 
-    monkeypatch.setattr(attention_module._AttentionFunction, "apply", boom)
-    q, k, v, _ = _qkv((1, 5, 2, 32), 1, torch.float32, device="cpu")
-    out = bellm_kernels.attention(q, k, v, causal=True)
-    torch.testing.assert_close(out, reference.attention(q, k, v, causal=True))
+    monkeypatch.setattr(attention_module, "_attn_fwd", boom)
+    monkeypatch.setattr(attention_module, "_attn_bwd", boom)
+    q, k, v, do = _qkv((1, 5, 2, 32), 1, torch.float32, device="cpu")
+    _check(_run(bellm_kernels.attention, q, k, v, do, causal=True),
+           _run(reference.attention, q, k, v, do, causal=True), torch.float32)
 
 
 def _bad_inputs():
@@ -374,7 +375,7 @@ def _bad_inputs():
     return cases
 
 
-@pytest.mark.parametrize("interpret", ["1", "0"], ids=["triton-path", "reference-path"])
+@pytest.mark.parametrize("interpret", ["1", "0"], ids=["triton-path", "cpu-path"])
 @pytest.mark.parametrize("build,exc,fragment", [pytest.param(*c[1:], id=c[0]) for c in _bad_inputs()])
 def test_bad_input(build, exc, fragment, interpret, monkeypatch):
     """A clear error naming the value and the fix, before any launch, on both dispatch paths."""
@@ -387,7 +388,7 @@ def test_bad_input(build, exc, fragment, interpret, monkeypatch):
         raise AssertionError("a kernel was launched before the input checks failed")
 
     monkeypatch.setattr(attention_module, "_attn_fwd", no_launch)
-    monkeypatch.setattr(attention_module.reference, "attention", no_launch)
+    monkeypatch.setattr(attention_module.cpu, "attention", no_launch)
     kwargs = build()
     with pytest.raises(exc) as info:
         bellm_kernels.attention(**kwargs)
