@@ -22,8 +22,9 @@ probabilities are exactly 0 there: zeros and zero gradients, never NaN.
 
 Register budget: every shipped tile configuration compiles without register spills on sm80 and sm90 (checked
 offline by :mod:`bellm_kernels.compile_report`). The packed and the dense padded layout share one binary (the
-packed layout is told apart at run time by ``seqlen == 0``), head counts are run-time values, and only the
-key-mask flag, causality, head_dim and the tiles are compile-time.
+packed layout is told apart at run time by ``seqlen == 0``); causality, head counts and head_dim are run-time
+values too (causal and bidirectional layers share one binary, so do head_dims 80 and 96), and only the dtypes,
+the key-mask flag, whether head_dim is a power of two (``EVEN_D``) and the tiles are compile-time.
 
 Names inside the kernels: ``i_`` program indices, ``o_`` offset vectors, ``m_`` boolean masks, ``p_`` pointer
 tiles, ``b_`` value tiles held in registers.
@@ -53,7 +54,7 @@ MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
 
 # run-time ints that must not create new specialisations (Triton specialises ints equal to 1 or divisible by 16)
-_RUNTIME_INTS = ["seqlen", "lse_rows", "num_heads", "num_kv_heads"]
+_RUNTIME_INTS = ["seqlen", "lse_rows", "num_heads", "num_kv_heads", "stride_mb", "head_dim"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -92,31 +93,39 @@ def _base(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h):
 
 
 @triton.jit
-def _key_range(start_m, lo, hi, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _key_range(start_m, lo, hi, causal, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key blocks seen by query rows ``[start_m, start_m + BLOCK_M)``: they start at ``lo``; ``[lo, mid)``
     need no mask, ``[mid, end)`` hold the causal diagonal or the sequence end."""
-    if CAUSAL:
+    end = hi
+    full_end = hi
+    if causal:
         end = tl.minimum(hi, start_m + BLOCK_M)
-        n_full = tl.maximum(tl.minimum(start_m + 1, hi) - lo, 0) // BLOCK_N
-    else:
-        end = hi
-        n_full = tl.maximum(hi - lo, 0) // BLOCK_N
-    return lo + n_full * BLOCK_N, end
+        full_end = tl.minimum(start_m + 1, hi)
+    return lo + tl.maximum(full_end - lo, 0) // BLOCK_N * BLOCK_N, end
 
 
 @triton.jit
-def _query_range(start_n, lo, hi, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _query_range(start_n, lo, hi, causal, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Query blocks that see keys ``[start_n, start_n + BLOCK_N)``: ``[first, full)`` hold the causal diagonal
     (masked), ``[full, tail)`` need no mask, ``[tail, hi)`` hold the sequence end (masked)."""
-    if CAUSAL:
+    first = lo
+    n_diag = lo * 0
+    if causal:
         first = tl.maximum(lo, start_n)
         n_diag = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - first, 0), BLOCK_M)
-    else:
-        first = lo
-        n_diag = 0
     n_even = tl.maximum(hi - first, 0) // BLOCK_M
     n_diag = tl.minimum(n_diag, n_even)
     return first, first + n_diag * BLOCK_M, first + n_even * BLOCK_M
+
+
+@triton.jit
+def _diag_shift(causal):
+    """0 when causal, else 2**30: key ``j`` is visible to query ``i`` iff ``j <= i + shift`` (one compare
+    serves both)."""
+    shift = tl.full((), 1 << 30, tl.int32)
+    if causal:
+        shift = tl.full((), 0, tl.int32)
+    return shift
 
 
 @triton.jit
@@ -137,8 +146,8 @@ def _load_tile(ptrs, m_rows, m_d, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
 @triton.jit
 def _attn_fwd_inner(
     b_acc, b_l, b_mx, b_q, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
-    o_m, o_d, m_d, n_start, n_end, hi, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    o_m, o_d, m_d, n_start, n_end, hi, shift, qk_scale,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     o_nn = tl.arange(0, BLOCK_N)
@@ -151,9 +160,7 @@ def _attn_fwd_inner(
         # [BLOCK_M, BLOCK_N]
         b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
-            m_vis = m_n[None, :]
-            if CAUSAL:
-                m_vis = m_vis & (o_n[None, :] <= o_m[:, None])
+            m_vis = m_n[None, :] & ((o_n - shift)[None, :] <= o_m[:, None])
             b_s = tl.where(m_vis, b_s, float("-inf"))
         if HAS_MASK:
             b_km = tl.load(p_km0 + o_n * stride_ms, mask=m_n, other=0)
@@ -179,15 +186,15 @@ def _attn_fwd_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
     stride_mb, stride_ms,
-    seqlen, lse_rows, num_heads, num_kv_heads, qk_scale,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    seqlen, lse_rows, num_heads, num_kv_heads, head_dim, causal, qk_scale,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_b = tl.program_id(1)
     i_h = tl.program_id(2)
-    if CAUSAL:
-        # the longest causal rows first: better tail balance
+    # causal: the longest rows first, for better tail balance
+    if causal:
         i_m = tl.num_programs(0) - 1 - i_m
     i_hk = i_h // (num_heads // num_kv_heads)
     tok0, win_len, row0, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK)
@@ -195,10 +202,9 @@ def _attn_fwd_kernel(
     if start_m >= win_len:
         return
 
-    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
+    m_d = o_d < head_dim
     m_m = o_m < win_len
     p_o = _base(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh) + o_m[:, None] * stride_os + o_d[None, :]
     p_lse = lse + i_h.to(tl.int64) * lse_rows + row0 + o_m
@@ -218,17 +224,17 @@ def _attn_fwd_kernel(
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    mid, end = _key_range(start_m, lo, hi, CAUSAL, BLOCK_M, BLOCK_N)
+    mid, end = _key_range(start_m, lo, hi, causal, BLOCK_M, BLOCK_N)
     b_acc, b_l, b_mx = _attn_fwd_inner(
         b_acc, b_l, b_mx, b_q, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
-        o_m, o_d, m_d, lo, mid, hi, qk_scale,
-        MASKED=False, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        o_m, o_d, m_d, lo, mid, hi, _diag_shift(causal), qk_scale,
+        MASKED=False, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
         BLOCK_N=BLOCK_N,
     )
     b_acc, b_l, b_mx = _attn_fwd_inner(
         b_acc, b_l, b_mx, b_q, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
-        o_m, o_d, m_d, mid, end, hi, qk_scale,
-        MASKED=True, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        o_m, o_d, m_d, mid, end, hi, _diag_shift(causal), qk_scale,
+        MASKED=True, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
         BLOCK_N=BLOCK_N,
     )
 
@@ -244,23 +250,24 @@ def _attn_fwd_kernel(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_preprocess_kernel(
-    o, do, delta, cu_seqlens, bounds,
+    o, do, delta, cu_seqlens,
     stride_ob, stride_os, stride_oh,
     stride_dob, stride_dos, stride_doh,
-    seqlen, lse_rows,
-    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    seqlen, lse_rows, head_dim,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_b = tl.program_id(1)
     i_h = tl.program_id(2)
-    tok0, win_len, row0, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK)
+    # every row of the window, padding too (its dO is zero)
+    tok0, win_len, row0, lo, hi = _window(cu_seqlens, cu_seqlens, i_b, seqlen, False)
     start_m = i_m * BLOCK_M
     if start_m >= win_len:
         return
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     m_m = o_m < win_len
-    m_md = m_m[:, None] & (o_d < HEAD_DIM)[None, :]
+    m_md = m_m[:, None] & (o_d < head_dim)[None, :]
     p_o = _base(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh) + o_m[:, None] * stride_os + o_d[None, :]
     p_do = _base(do, i_b, tok0, i_h, stride_dob, stride_dos, stride_doh) + o_m[:, None] * stride_dos + o_d[None, :]
     b_o = tl.load(p_o, mask=m_md, other=0.0).to(tl.float32)
@@ -271,8 +278,8 @@ def _attn_bwd_preprocess_kernel(
 @triton.jit
 def _attn_bwd_dkdv_inner(
     b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
-    o_n, o_d, m_d, m_start, m_end, hi, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    o_n, o_d, m_d, m_start, m_end, hi, shift, qk_scale,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     o_mm = tl.arange(0, BLOCK_M)
@@ -294,9 +301,7 @@ def _attn_bwd_dkdv_inner(
         b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale
         b_pt = tl.exp2(b_st - b_lse[None, :])
         if MASKED:
-            m_vis = m_m[None, :]
-            if CAUSAL:
-                m_vis = m_vis & (o_m[None, :] >= o_n[:, None])
+            m_vis = m_m[None, :] & ((o_m + shift)[None, :] >= o_n[:, None])
             b_pt = tl.where(m_vis, b_pt, 0.0)
         b_dv = tl.dot(b_pt.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PRECISION)
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)
@@ -315,8 +320,8 @@ def _attn_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
     stride_mb, stride_ms,
-    seqlen, lse_rows, num_heads, num_kv_heads, scale, qk_scale,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    seqlen, lse_rows, num_heads, num_kv_heads, head_dim, causal, scale, qk_scale,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     i_n = tl.program_id(0)
@@ -328,10 +333,9 @@ def _attn_bwd_dkdv_kernel(
     if start_n >= win_len:
         return
 
-    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     o_n = start_n + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
+    m_d = o_d < head_dim
     m_n = o_n < win_len
     p_dk = _base(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh) + o_n[:, None] * stride_dks + o_d[None, :]
     p_dv = _base(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh) + o_n[:, None] * stride_dvs + o_d[None, :]
@@ -349,7 +353,8 @@ def _attn_bwd_dkdv_kernel(
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    first, full, tail = _query_range(start_n, lo, hi, CAUSAL, BLOCK_M, BLOCK_N)
+    first, full, tail = _query_range(start_n, lo, hi, causal, BLOCK_M, BLOCK_N)
+    shift = _diag_shift(causal)
     for g in range(group):
         i_h = i_hk * group + g
         p_q0 = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh)
@@ -358,18 +363,18 @@ def _attn_bwd_dkdv_kernel(
         p_delta0 = delta + i_h.to(tl.int64) * lse_rows + row0
         b_dk, b_dv = _attn_bwd_dkdv_inner(
             b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
-            o_n, o_d, m_d, first, full, hi, qk_scale,
-            MASKED=True, CAUSAL=CAUSAL, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+            o_n, o_d, m_d, first, full, hi, shift, qk_scale,
+            MASKED=True, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         )
         b_dk, b_dv = _attn_bwd_dkdv_inner(
             b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
-            o_n, o_d, m_d, full, tail, hi, qk_scale,
-            MASKED=False, CAUSAL=CAUSAL, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+            o_n, o_d, m_d, full, tail, hi, shift, qk_scale,
+            MASKED=False, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         )
         b_dk, b_dv = _attn_bwd_dkdv_inner(
             b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
-            o_n, o_d, m_d, tail, hi, hi, qk_scale,
-            MASKED=True, CAUSAL=CAUSAL, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+            o_n, o_d, m_d, tail, hi, hi, shift, qk_scale,
+            MASKED=True, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         )
 
     # keys that are padding got garbage above (their probabilities were never masked): zero them here
@@ -387,8 +392,8 @@ def _attn_bwd_dkdv_kernel(
 @triton.jit
 def _attn_bwd_dq_inner(
     b_dq, b_q, b_do, b_lse, b_delta, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
-    o_m, o_d, m_d, n_start, n_end, hi, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    o_m, o_d, m_d, n_start, n_end, hi, shift, qk_scale,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     o_nn = tl.arange(0, BLOCK_N)
@@ -404,9 +409,7 @@ def _attn_bwd_dq_inner(
         b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
         b_p = tl.exp2(b_s - b_lse[:, None])
         if MASKED:
-            m_vis = m_n[None, :]
-            if CAUSAL:
-                m_vis = m_vis & (o_n[None, :] <= o_m[:, None])
+            m_vis = m_n[None, :] & ((o_n - shift)[None, :] <= o_m[:, None])
             b_p = tl.where(m_vis, b_p, 0.0)
         if HAS_MASK:
             b_km = tl.load(p_km0 + o_n * stride_ms, mask=m_n, other=0)
@@ -426,14 +429,14 @@ def _attn_bwd_dq_kernel(
     stride_dob, stride_dos, stride_doh,
     stride_dqb, stride_dqs, stride_dqh,
     stride_mb, stride_ms,
-    seqlen, lse_rows, num_heads, num_kv_heads, scale, qk_scale,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    seqlen, lse_rows, num_heads, num_kv_heads, head_dim, causal, scale, qk_scale,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_b = tl.program_id(1)
     i_h = tl.program_id(2)
-    if CAUSAL:
+    if causal:
         i_m = tl.num_programs(0) - 1 - i_m
     i_hk = i_h // (num_heads // num_kv_heads)
     tok0, win_len, row0, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK)
@@ -441,10 +444,9 @@ def _attn_bwd_dq_kernel(
     if start_m >= win_len:
         return
 
-    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < HEAD_DIM
+    m_d = o_d < head_dim
     m_m = o_m < win_len
     p_dq = _base(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh) + o_m[:, None] * stride_dqs + o_d[None, :]
     if (start_m >= hi) | (start_m + BLOCK_M <= lo):
@@ -464,17 +466,17 @@ def _attn_bwd_dq_kernel(
     b_delta = tl.load(delta + p_stats, mask=m_m, other=0.0)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    mid, end = _key_range(start_m, lo, hi, CAUSAL, BLOCK_M, BLOCK_N)
+    mid, end = _key_range(start_m, lo, hi, causal, BLOCK_M, BLOCK_N)
     b_dq = _attn_bwd_dq_inner(
         b_dq, b_q, b_do, b_lse, b_delta, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
-        o_m, o_d, m_d, lo, mid, hi, qk_scale,
-        MASKED=False, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        o_m, o_d, m_d, lo, mid, hi, _diag_shift(causal), qk_scale,
+        MASKED=False, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
         BLOCK_N=BLOCK_N,
     )
     b_dq = _attn_bwd_dq_inner(
         b_dq, b_q, b_do, b_lse, b_delta, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
-        o_m, o_d, m_d, mid, end, hi, qk_scale,
-        MASKED=True, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        o_m, o_d, m_d, mid, end, hi, _diag_shift(causal), qk_scale,
+        MASKED=True, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
         BLOCK_N=BLOCK_N,
     )
     tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
@@ -485,7 +487,7 @@ def _attn_bwd_dq_kernel(
 # ------------------------------------------------------------------------------------------------------------
 
 # Triton adds the tensors' dtypes to the key; never anything derived from sequence lengths
-_AUTOTUNE_KEY = ["HEAD_DIM", "num_heads", "num_kv_heads", "CAUSAL"]
+_AUTOTUNE_KEY = ["head_dim", "num_heads", "num_kv_heads", "causal"]
 
 _KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
 _CONFIG_NAMES = {"fwd": "attn_fwd", "dkdv": "attn_bwd_dkdv", "dq": "attn_bwd_dq", "pre": "attn_bwd_preprocess"}
@@ -534,12 +536,17 @@ class _Layout:
             return 0, x.stride(0), x.stride(1)
         return x.stride(0), x.stride(1), x.stride(2)
 
-    def pointers(self, dummy: torch.Tensor) -> dict[str, torch.Tensor]:
-        """cu_seqlens, key_mask, bounds; an unused one is replaced by ``dummy`` (never read)."""
+    def pointers(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """cu_seqlens, key_mask, bounds; an unused one is an empty tensor of its dtype (never read; typed, so
+        that every layout specialises the kernels alike)."""
+
+        def given(x, dtype):
+            return x if x is not None else torch.empty(0, dtype=dtype, device=device)
+
         return dict(
-            cu_seqlens=self.cu_seqlens if self.cu_seqlens is not None else dummy,
-            key_mask=self.key_mask if self.key_mask is not None else dummy,
-            bounds=self.bounds if self.bounds is not None else dummy,
+            cu_seqlens=given(self.cu_seqlens, torch.int32),
+            key_mask=given(self.key_mask, torch.uint8),
+            bounds=given(self.bounds, torch.int32),
         )
 
     def mask_strides(self) -> tuple[int, int]:
@@ -568,7 +575,7 @@ def _make_layout(q: torch.Tensor, cu_seqlens, max_seqlen, key_mask) -> _Layout:
         lo = torch.where(key_mask, positions, seqlen).amin(dim=1)
         hi = torch.where(key_mask, positions + 1, 0).amax(dim=1)
     bounds = torch.stack([lo, torch.maximum(hi, lo)], dim=1).to(torch.int32).contiguous()
-    return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, key_mask.view(torch.uint8), bounds)
+    return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, key_mask.contiguous().view(torch.uint8), bounds)
 
 
 def _dot_precision(x: torch.Tensor) -> str | None:
@@ -582,29 +589,38 @@ def _strides(prefix: str, x: torch.Tensor, lay: _Layout) -> dict[str, int]:
     return {f"stride_{prefix}b": sb, f"stride_{prefix}s": ss, f"stride_{prefix}h": sh}
 
 
+def _runtime_bool(flag: bool, x: torch.Tensor) -> bool | int:
+    """A run-time bool kernel argument: ``bool`` for compiled kernels, ``int`` in Triton's interpreter (CPU
+    tensors), whose Triton 3.6 version rejects bool scalars."""
+    return flag if x.device.type != "cpu" else int(flag)
+
+
+def _head_dim_flags(q: torch.Tensor) -> dict:
+    """BLOCK_D (head_dim padded to a power of two) and EVEN_D (no padding: no head_dim mask on loads)."""
+    block_d = configs.padded_head_dim(q.shape[-1])
+    return {"BLOCK_D": block_d, "EVEN_D": block_d == q.shape[-1]}
+
+
 def _fwd_args(q, k, v, o, lse, causal: bool, scale: float, lay: _Layout) -> dict:
     """Every argument of ``_attn_fwd_kernel`` but the tiles (also what the offline compile report builds)."""
     stride_mb, stride_ms = lay.mask_strides()
     return dict(
-        q=q, k=k, v=v, o=o, lse=lse, **lay.pointers(q),
+        q=q, k=k, v=v, o=o, lse=lse, **lay.pointers(q.device),
         **_strides("q", q, lay), **_strides("k", k, lay), **_strides("v", v, lay), **_strides("o", o, lay),
         stride_mb=stride_mb, stride_ms=stride_ms,
         seqlen=lay.seqlen, lse_rows=lay.rows, num_heads=q.shape[-2], num_kv_heads=k.shape[-2],
-        qk_scale=scale * _LOG2E,
-        HEAD_DIM=q.shape[-1], CAUSAL=causal, HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q),
-        BLOCK_D=configs.padded_head_dim(q.shape[-1]),
+        head_dim=q.shape[-1], causal=_runtime_bool(causal, q), qk_scale=scale * _LOG2E,
+        HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q), **_head_dim_flags(q),
     )
 
 
 def _bwd_args(do, q, k, v, o, lse, delta, dq, dk, dv, causal: bool, scale: float, lay: _Layout):
     """(preprocess, dkdv, dq) kernel arguments but the tiles (also what the offline compile report builds)."""
-    pointers = lay.pointers(q)
-    block_d = configs.padded_head_dim(q.shape[-1])
-    has_mask = lay.key_mask is not None
+    pointers = lay.pointers(q.device)
     pre = dict(
-        o=o, do=do, delta=delta, cu_seqlens=pointers["cu_seqlens"], bounds=pointers["bounds"],
+        o=o, do=do, delta=delta, cu_seqlens=pointers["cu_seqlens"],
         **_strides("o", o, lay), **_strides("do", do, lay), seqlen=lay.seqlen, lse_rows=lay.rows,
-        HEAD_DIM=q.shape[-1], HAS_MASK=has_mask, BLOCK_D=block_d,
+        head_dim=q.shape[-1], BLOCK_D=configs.padded_head_dim(q.shape[-1]),
     )
     stride_mb, stride_ms = lay.mask_strides()
     shared = dict(
@@ -612,8 +628,8 @@ def _bwd_args(do, q, k, v, o, lse, delta, dq, dk, dv, causal: bool, scale: float
         **_strides("q", q, lay), **_strides("k", k, lay), **_strides("v", v, lay), **_strides("do", do, lay),
         stride_mb=stride_mb, stride_ms=stride_ms,
         seqlen=lay.seqlen, lse_rows=lay.rows, num_heads=q.shape[-2], num_kv_heads=k.shape[-2],
-        scale=scale, qk_scale=scale * _LOG2E,
-        HEAD_DIM=q.shape[-1], CAUSAL=causal, HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q), BLOCK_D=block_d,
+        head_dim=q.shape[-1], causal=_runtime_bool(causal, q), scale=scale, qk_scale=scale * _LOG2E,
+        HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q), **_head_dim_flags(q),
     )
     dkdv = dict(shared, dk=dk, dv=dv, **_strides("dk", dk, lay), **_strides("dv", dv, lay))
     dq_args = dict(shared, dq=dq, **_strides("dq", dq, lay))

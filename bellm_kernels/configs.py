@@ -5,10 +5,11 @@ dtype and compute capability; the launchers in :mod:`bellm_kernels.attention` an
 offline compile report (:mod:`bellm_kernels.compile_report`) all read them from here. The interpreter (CPU tests)
 uses :data:`INTERPRETER_BLOCKS` instead.
 
-Every candidate is chosen so that its cubin needs no local memory (no register spills) on sm80 and sm90 for
-bf16 and fp16 at head_dim 64, 80, 96 and 128, in every layout, causal or not; at head_dim 256 only spill-free
-candidates are shipped too. ``python -m bellm_kernels.compile_report`` checks this (see KERNELS.md). Tiles are
-keyed on the padded head_dim and the architecture family only, never on sequence lengths.
+The candidates aim at cubins that need no local memory (no register spills) on sm80 and sm90 for bf16 and
+fp16 in every layout, causal or not. ``python -m bellm_kernels.compile_report`` shows what the compiler makes of
+each (KERNELS.md); the CI gate (tests/kernels/test_compile_gate.py) fails on any spill in the matrix it covers
+(head_dim 128, Triton 3.9). Tiles are keyed on the padded head_dim and the architecture family only, never on
+sequence lengths.
 """
 
 from __future__ import annotations
@@ -42,22 +43,29 @@ INTERPRETER_BLOCKS = {
 _SMEM_KIB = {(8, 0): 163, (8, 7): 163, (9, 0): 227, (10, 0): 227}
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per attention kernel, architecture family and padded head_dim.
-# "sm90": Hopper and later datacenter parts (wgmma); "sm80": everything else (mma.sync).
-# dkdv: BLOCK_N keys are held with two float32 accumulators, BLOCK_M query rows stream;
-# fwd / dq: BLOCK_M query rows are held, BLOCK_N keys stream.
+# "sm90": Hopper and later datacenter parts (wgmma); "sm80": everything else (mma.sync, which keeps both dot
+# operands in registers: smaller tiles). fwd / dq: BLOCK_M query rows are held with a [BLOCK_M, BLOCK_D] float32
+# accumulator, BLOCK_N keys stream; dkdv: BLOCK_N keys are held with two [BLOCK_N, BLOCK_D] float32 accumulators,
+# BLOCK_M query rows stream. 128-row tiles get 8 warps; at head_dim 256 only small tiles fit the registers.
 _ATTN_TILES: dict[tuple[str, str, int], list[tuple[int, int, int, int]]] = {
-    ("attn_fwd", "sm90", 64): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
-    ("attn_fwd", "sm90", 128): [(128, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3),
-                               (128, 128, 8, 2), (64, 32, 4, 4)],
-    ("attn_fwd", "sm90", 256): [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 32, 4, 2)],
-    ("attn_bwd_dkdv", "sm90", 64): [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)],
-    ("attn_bwd_dkdv", "sm90", 128): [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2),
-                                    (16, 64, 4, 3)],
-    ("attn_bwd_dkdv", "sm90", 256): [(32, 64, 8, 2), (16, 32, 4, 2), (32, 32, 4, 2), (16, 64, 8, 1)],
-    ("attn_bwd_dq", "sm90", 64): [(128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2)],
-    ("attn_bwd_dq", "sm90", 128): [(128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2),
-                                  (64, 16, 4, 3)],
-    ("attn_bwd_dq", "sm90", 256): [(64, 32, 8, 2), (64, 16, 4, 2), (32, 32, 4, 2), (64, 64, 8, 1)],
+    ("attn_fwd", "sm90", 64): [(128, 64, 4, 3), (64, 64, 4, 3)],
+    ("attn_fwd", "sm90", 128): [(128, 64, 8, 3), (64, 32, 4, 3)],
+    ("attn_fwd", "sm90", 256): [(64, 32, 8, 2), (32, 32, 4, 2)],
+    ("attn_fwd", "sm80", 64): [(64, 64, 4, 3), (64, 32, 4, 3)],
+    ("attn_fwd", "sm80", 128): [(64, 32, 4, 3), (64, 64, 4, 2), (32, 32, 4, 3)],
+    ("attn_fwd", "sm80", 256): [(32, 32, 4, 2), (64, 32, 8, 2)],
+    ("attn_bwd_dkdv", "sm90", 64): [(32, 64, 4, 3), (32, 128, 8, 3)],
+    ("attn_bwd_dkdv", "sm90", 128): [(16, 32, 4, 2)],
+    ("attn_bwd_dkdv", "sm90", 256): [(16, 32, 8, 1), (16, 32, 4, 1)],
+    ("attn_bwd_dkdv", "sm80", 64): [(32, 64, 4, 3), (16, 64, 4, 3)],
+    ("attn_bwd_dkdv", "sm80", 128): [(16, 32, 4, 2), (16, 64, 8, 2), (32, 32, 8, 2)],
+    ("attn_bwd_dkdv", "sm80", 256): [(16, 32, 8, 1), (16, 16, 4, 1)],
+    ("attn_bwd_dq", "sm90", 64): [(128, 32, 8, 3), (64, 32, 4, 3)],
+    ("attn_bwd_dq", "sm90", 128): [(64, 32, 4, 3), (128, 32, 8, 2), (64, 16, 4, 3)],
+    ("attn_bwd_dq", "sm90", 256): [(32, 32, 4, 2), (64, 16, 8, 2)],
+    ("attn_bwd_dq", "sm80", 64): [(64, 32, 4, 3), (64, 64, 4, 2)],
+    ("attn_bwd_dq", "sm80", 128): [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 3)],
+    ("attn_bwd_dq", "sm80", 256): [(32, 16, 4, 2), (32, 32, 8, 2)],
 }
 
 
@@ -83,9 +91,7 @@ def _smem_bytes(kernel: str, block_m: int, block_n: int, block_d: int, stages: i
 
 def _attention_configs(kernel, block_d, elem, capability) -> list[triton.Config]:
     family = _family(capability)
-    tiles = _ATTN_TILES.get((kernel, family, min(max(block_d, 64), 256)))
-    if tiles is None:  # no family-specific list: the sm90 one
-        tiles = _ATTN_TILES[(kernel, "sm90", min(max(block_d, 64), 256))]
+    tiles = _ATTN_TILES[(kernel, family, min(max(block_d, 64), 256))]
     budget = _SMEM_KIB.get(tuple(capability), 99) * 1024
     configs, seen = [], set()
     for bm, bn, warps, stages in tiles:
@@ -104,8 +110,7 @@ def _attention_configs(kernel, block_d, elem, capability) -> list[triton.Config]
 
 
 # pooling: (BLOCK_T, BLOCK_D, num_warps); memory-bound, the same for every dtype and capability
-_POOL_TILES = [(16, 128, 4), (32, 128, 4), (64, 128, 8), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8),
-               (32, 64, 4)]
+_POOL_TILES = [(16, 256, 4), (32, 256, 8)]
 
 
 def autotune_configs(
