@@ -207,15 +207,23 @@ def _save_cache(path: str, old: dict, fresh: dict, prune: bool = False) -> None:
         f.write("\n}}\n")
 
 
+_NOT_COMPILED = "not compiled: not in the cache (run without --cached-only)"
+
+
 def run(variants: list[Variant], jobs: int = 1, cache: str | None = None, verify: int = 0, prune: bool = False,
-        log=print) -> list[dict]:
-    """Compile (or read from the cache) every variant; one row per variant, the result fields inline."""
+        cached_only: bool = False, log=print) -> list[dict]:
+    """Compile (or read from the cache) every variant; one row per variant, the result fields inline.
+    ``cached_only``: compile nothing, report what the cache lacks as an error."""
     keys = {v: _key(v) for v in variants}
     old = _load_cache(cache)
     unique = {}
     for v, key in keys.items():
         unique.setdefault(key, v)
     todo = [k for k in unique if k not in old]
+    if cached_only:
+        old = {**old, **{k: dict(asdict(_offline_compile.CompileResult(error=_NOT_COMPILED)), triton="-")
+                         for k in todo}}
+        todo = []
     hits = sorted(set(unique) - set(todo))
     checked = random.Random(int(time.time())).sample(hits, min(verify, len(hits)))
     log(f"{len(variants)} variants, {len(unique)} distinct binaries: {len(hits)} cached, {len(todo)} to compile"
@@ -248,7 +256,7 @@ def run(variants: list[Variant], jobs: int = 1, cache: str | None = None, verify
                 entry = dict(now, triton=triton.__version__)
                 entry["error"] = (entry["error"] + "; " if entry["error"] else "") + "cache entry differed"
         fresh[key] = entry
-    if cache and (todo or prune or any(fresh[k] != old.get(k) for k in fresh)):
+    if cache and not cached_only and (todo or prune or any(fresh[k] != old.get(k) for k in fresh)):
         _save_cache(cache, old, fresh, prune)
     return [dict(asdict(v), key=keys[v], **{k: x for k, x in fresh[keys[v]].items() if k != "triton"})
             for v in variants]
@@ -341,9 +349,11 @@ def format_markdown(summary: list[dict], rows: list[dict], command: str) -> str:
         "memory, the tensor-core instruction kind and code size of every shipped autotune candidate; speed is measured "
         "on a GPU with `benchmarks/`.",
         "",
-        f"{len(rows)} variants (bf16 and fp16, causal and bidirectional, padded / padded with a key mask / packed, "
-        f"each candidate), {len({r['key'] for r in rows})} distinct binaries: {spilling} spill, {errors} fail to "
-        "compile. Each row below is the worst case over its variants; `stack B` > 0 means register spills.",
+        f"{len(rows)} variants ({' and '.join(sorted({r['dtype'] for r in rows}))}, head_dim "
+        f"{', '.join(str(d) for d in sorted({r['head_dim'] for r in rows if r['head_dim']}))}, causal and "
+        f"bidirectional, padded / padded with a key mask / packed, each candidate), {len({r['key'] for r in rows})} "
+        f"distinct binaries: {spilling} spill, {errors} fail to compile. Each row below is the worst case over its "
+        "variants; `stack B` > 0 means register spills.",
         "",
     ]
     body = []
@@ -371,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="parallel compile processes (default 1)")
     parser.add_argument("--cache", help="JSON file of earlier results, keyed by a hash of what decides the binary")
     parser.add_argument("--verify", type=int, default=0, help="recompile N cached entries and compare")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="compile nothing: report only what the cache holds (the rest as errors)")
     parser.add_argument("--prune", action="store_true",
                         help="drop this Triton version's cache entries that this run did not use")
     parser.add_argument("--json", help="write every variant's result to this file")
@@ -395,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--head-dim {bad[0]}: use a multiple of 8 from 16 to 256")
     variants = matrix(archs, head_dims, args.dtype or ["bf16", "fp16"], args.kernel or list(configs.KERNELS))
     rows = run(variants, jobs=args.jobs, cache=args.cache, verify=args.verify, prune=args.prune,
+               cached_only=args.cached_only,
                log=lambda m: print(m, file=sys.stderr, flush=True))
     summary = summarize(rows)
     print(f"Triton {triton.__version__}")

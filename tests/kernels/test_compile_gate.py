@@ -66,11 +66,16 @@ def test_cache_key_follows_the_kernel_source(nvidia_tools):
         before = report._key(v)
         assert report._key(v) == before
         # the same helper with one more comment line: a different source, hence a different key
-        src = attn._load_tile.src.replace('    if ROW_MASK:', '    # edited\\n    if ROW_MASK:', 1)
-        scope = {}
-        exec(src.replace('@triton.jit\\n', ''), attn.__dict__, scope)
+        import copy
         original = attn._load_tile
-        attn._load_tile = triton.jit(scope['_load_tile'])
+        edited = copy.copy(original)
+        new_src = original.src.replace('    if ROW_MASK:', '    # edited\\n    if ROW_MASK:', 1)
+        if hasattr(edited, '_unsafe_update_src'):  # Triton >= 3.9 guards .src
+            edited._unsafe_update_src(new_src)
+        else:
+            edited.src = new_src
+        assert edited.src != original.src
+        attn._load_tile = edited
         try:
             after = report._key(v)
         finally:
