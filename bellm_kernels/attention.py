@@ -21,9 +21,19 @@ masking. Programs past a packed sequence's end exit at once; padded rows with no
 Query rows that see no key (padding) get a zero output and ``lse = +inf``, so the backward's recomputed
 probabilities are exactly 0 there: zeros and zero gradients, never NaN.
 
+Register budget: every shipped tile configuration compiles without register spills on sm80 and sm90 (checked
+offline by :mod:`bellm_kernels.compile_report`). The packed and the dense padded layout share one binary (the
+packed layout is told apart at run time by ``seqlen == 0``); causality, head counts and head_dim are run-time
+values too (causal and bidirectional layers share one binary, so do head_dims 80 and 96), and only the dtypes,
+the key-mask flag, whether head_dim is a power of two (``EVEN_D``) and the tiles are compile-time.
+
+Names inside the kernels: ``i_`` program indices, ``o_`` offset vectors, ``m_`` boolean masks, ``p_`` pointer
+tiles, ``b_`` value tiles held in registers.
+
 Autotuning (CUDA only) keys on head_dim, head counts, causal and the dtypes; sequence lengths are runtime ints
-(``do_not_specialize``), so new packed lengths neither retune nor recompile. In Triton's interpreter (CPU
-tensors with ``TRITON_INTERPRET=1``) one small fixed config runs instead.
+(``do_not_specialize``), so new packed lengths neither retune nor recompile. The candidates come from
+:func:`bellm_kernels.configs.autotune_configs`. In Triton's interpreter (CPU tensors with ``TRITON_INTERPRET=1``)
+one small fixed config runs instead.
 """
 
 from __future__ import annotations
@@ -37,12 +47,15 @@ import torch
 import triton
 import triton.language as tl
 
-from bellm_kernels import _checks, cpu
+from bellm_kernels import _checks, configs, cpu
 
 __all__ = ["attention", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
+
+# run-time ints that must not create new specialisations (Triton specialises ints equal to 1 or divisible by 16)
+_RUNTIME_INTS = ["seqlen", "lse_rows", "num_heads", "num_kv_heads", "stride_mb", "head_dim"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -51,38 +64,73 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr):
-    """(row0, win_len, lo, hi): first row of the window in ``(rows, ...)`` coordinates, its length and the
-    range of positions inside it that may hold real tokens."""
-    if IS_VARLEN:
-        start = tl.load(cu_seqlens + i_b)
-        win_len = tl.load(cu_seqlens + i_b + 1) - start
-        row0 = start.to(tl.int64)
+def _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK: tl.constexpr):
+    """(tok0, win_len, row0, lo, hi) of window ``i_b``.
+
+    Packed layout (``seqlen == 0``): sequence ``i_b`` of ``cu_seqlens``, starting at token ``tok0``; padded:
+    row ``i_b`` of ``seqlen`` positions, ``tok0 = 0``. ``row0`` (int64) is the window's first row in the
+    ``(rows,)`` numbering of ``lse`` / ``delta``; ``[lo, hi)`` are the positions that may hold real tokens (the
+    bounds of a padded row under a key mask, else the whole window)."""
+    if seqlen == 0:
+        tok0 = tl.load(cu_seqlens + i_b)
+        win_len = tl.load(cu_seqlens + i_b + 1) - tok0
+    else:
+        tok0 = seqlen * 0
+        win_len = seqlen
+    row0 = i_b.to(tl.int64) * seqlen + tok0
+    if HAS_MASK:
+        lo = tl.load(bounds + 2 * i_b)
+        hi = tl.load(bounds + 2 * i_b + 1)
+    else:
         lo = win_len * 0
         hi = win_len
-    else:
-        row0 = i_b.to(tl.int64) * seqlen
-        win_len = seqlen
-        if HAS_MASK:
-            lo = tl.load(bounds + 2 * i_b)
-            hi = tl.load(bounds + 2 * i_b + 1)
-        else:
-            lo = seqlen * 0
-            hi = seqlen
-    return row0, win_len, lo, hi
+    return tok0, win_len, row0, lo, hi
 
 
 @triton.jit
-def _base(ptr, row0, i_b, stride_b, stride_s, IS_VARLEN: tl.constexpr):
-    """Pointer to position 0 of the window."""
-    if IS_VARLEN:
-        return ptr + row0 * stride_s
-    else:
-        return ptr + i_b.to(tl.int64) * stride_b
+def _base(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h):
+    """Pointer to position 0 of window ``i_b``, head ``i_h`` (packed: ``stride_b == 0``); int64 arithmetic."""
+    return ptr + i_b.to(tl.int64) * stride_b + tok0.to(tl.int64) * stride_s + i_h.to(tl.int64) * stride_h
 
 
 @triton.jit
-def _load_rows(ptrs, m_rows, m_d, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
+def _key_range(start_m, lo, hi, causal, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks seen by query rows ``[start_m, start_m + BLOCK_M)``: they start at ``lo``; ``[lo, mid)``
+    need no mask, ``[mid, end)`` hold the causal diagonal or the sequence end."""
+    end = hi
+    full_end = hi
+    if causal:
+        end = tl.minimum(hi, start_m + BLOCK_M)
+        full_end = tl.minimum(start_m + 1, hi)
+    return lo + tl.maximum(full_end - lo, 0) // BLOCK_N * BLOCK_N, end
+
+
+@triton.jit
+def _query_range(start_n, lo, hi, causal, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query blocks that see keys ``[start_n, start_n + BLOCK_N)``: ``[first, full)`` hold the causal diagonal
+    (masked), ``[full, tail)`` need no mask, ``[tail, hi)`` hold the sequence end (masked)."""
+    first = lo
+    n_diag = lo * 0
+    if causal:
+        first = tl.maximum(lo, start_n)
+        n_diag = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - first, 0), BLOCK_M)
+    n_even = tl.maximum(hi - first, 0) // BLOCK_M
+    n_diag = tl.minimum(n_diag, n_even)
+    return first, first + n_diag * BLOCK_M, first + n_even * BLOCK_M
+
+
+@triton.jit
+def _diag_shift(causal):
+    """0 when causal, else 2**30: key ``j`` is visible to query ``i`` iff ``j <= i + shift`` (one compare
+    serves both)."""
+    shift = tl.full((), 1 << 30, tl.int32)
+    if causal:
+        shift = tl.full((), 0, tl.int32)
+    return shift
+
+
+@triton.jit
+def _load_tile(ptrs, m_rows, m_d, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
     """Load a [rows, BLOCK_D] (or transposed) tile; masks only what may be out of range."""
     if ROW_MASK:
         if EVEN_D:
@@ -98,42 +146,40 @@ def _load_rows(ptrs, m_rows, m_d, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, b_q, k_base, v_base, km_base, stride_ks, stride_vs, stride_ms,
-    offs_m, offs_d, m_d, n_start, n_end, hi, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    b_acc, b_l, b_mx, b_q, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
+    o_m, o_d, m_d, n_start, n_end, hi, shift, qk_scale,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    offs_n = tl.arange(0, BLOCK_N)
+    o_nn = tl.arange(0, BLOCK_N)
     for start_n in range(n_start, n_end, BLOCK_N):
-        cols = start_n + offs_n
-        m_col = cols < hi
+        o_n = start_n + o_nn
+        m_n = o_n < hi
         # [BLOCK_D, BLOCK_N]
-        b_kt = _load_rows(k_base + cols[None, :] * stride_ks + offs_d[:, None], m_col[None, :], m_d[:, None],
+        b_kt = _load_tile(p_k0 + o_n[None, :] * stride_ks + o_d[:, None], m_n[None, :], m_d[:, None],
                           MASKED, EVEN_D)
         # [BLOCK_M, BLOCK_N]
         b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
-            vis = m_col[None, :]
-            if CAUSAL:
-                vis = vis & (cols[None, :] <= offs_m[:, None])
-            b_s = tl.where(vis, b_s, float("-inf"))
+            m_vis = m_n[None, :] & ((o_n - shift)[None, :] <= o_m[:, None])
+            b_s = tl.where(m_vis, b_s, float("-inf"))
         if HAS_MASK:
-            b_km = tl.load(km_base + cols * stride_ms, mask=m_col, other=0)
+            b_km = tl.load(p_km0 + o_n * stride_ms, mask=m_n, other=0)
             b_s = tl.where(b_km[None, :] != 0, b_s, float("-inf"))
-        # m_i starts finite, so alpha is never exp2(-inf - -inf)
-        m_new = tl.maximum(m_i, tl.max(b_s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        b_p = tl.exp2(b_s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(b_p, 1)
+        # b_mx starts finite, so alpha is never exp2(-inf - -inf)
+        b_mx_new = tl.maximum(b_mx, tl.max(b_s, 1))
+        b_alpha = tl.exp2(b_mx - b_mx_new)
+        b_p = tl.exp2(b_s - b_mx_new[:, None])
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
         # [BLOCK_N, BLOCK_D]
-        b_v = _load_rows(v_base + cols[:, None] * stride_vs + offs_d[None, :], m_col[:, None], m_d[None, :],
+        b_v = _load_tile(p_v0 + o_n[:, None] * stride_vs + o_d[None, :], m_n[:, None], m_d[None, :],
                          MASKED, EVEN_D)
-        acc = tl.dot(b_p.to(b_v.dtype), b_v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m_i = m_new
-    return acc, l_i, m_i
+        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None], input_precision=DOT_PRECISION)
+        b_mx = b_mx_new
+    return b_acc, b_l, b_mx
 
 
-@triton.jit(do_not_specialize=["seqlen", "lse_rows"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd_kernel(
     q, k, v, o, lse, cu_seqlens, key_mask, bounds,
     stride_qb, stride_qs, stride_qh,
@@ -141,143 +187,131 @@ def _attn_fwd_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
     stride_mb, stride_ms,
-    seqlen, lse_rows, qk_scale,
-    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    seqlen, lse_rows, num_heads, num_kv_heads, head_dim, causal, qk_scale,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_b = tl.program_id(1)
     i_h = tl.program_id(2)
-    if CAUSAL:
-        # the longest causal rows first: better tail balance
+    # causal: the longest rows first, for better tail balance
+    if causal:
         i_m = tl.num_programs(0) - 1 - i_m
-    i_hk = i_h // (NUM_HEADS // NUM_KV_HEADS)
-    row0, win_len, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN, HAS_MASK)
+    i_hk = i_h // (num_heads // num_kv_heads)
+    tok0, win_len, row0, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK)
     start_m = i_m * BLOCK_M
     if start_m >= win_len:
         return
 
-    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_d = offs_d < HEAD_DIM
-    m_row = offs_m < win_len
-    o_base = _base(o, row0, i_b, stride_ob, stride_os, IS_VARLEN) + i_h * stride_oh
-    p_o = o_base + offs_m[:, None] * stride_os + offs_d[None, :]
-    p_lse = lse + i_h.to(tl.int64) * lse_rows + row0 + offs_m
+    o_m = start_m + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < head_dim
+    m_m = o_m < win_len
+    p_o = _base(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh) + o_m[:, None] * stride_os + o_d[None, :]
+    p_lse = lse + i_h.to(tl.int64) * lse_rows + row0 + o_m
     if (start_m >= hi) | (start_m + BLOCK_M <= lo):
         # a block of padding: zeros, and lse = +inf so the backward sees probability 0
-        m_store = m_row[:, None] & m_d[None, :]
-        tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_D], dtype=o.dtype.element_ty), mask=m_store)
-        tl.store(p_lse, tl.full([BLOCK_M], float("inf"), tl.float32), mask=m_row)
+        tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_D], dtype=o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+        tl.store(p_lse, tl.full([BLOCK_M], float("inf"), tl.float32), mask=m_m)
         return
 
-    q_base = _base(q, row0, i_b, stride_qb, stride_qs, IS_VARLEN) + i_h * stride_qh
-    k_base = _base(k, row0, i_b, stride_kb, stride_ks, IS_VARLEN) + i_hk * stride_kh
-    v_base = _base(v, row0, i_b, stride_vb, stride_vs, IS_VARLEN) + i_hk * stride_vh
-    km_base = key_mask + i_b.to(tl.int64) * stride_mb
+    p_q0 = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh)
+    p_k0 = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh)
+    p_v0 = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh)
+    p_km0 = key_mask + i_b.to(tl.int64) * stride_mb
     # [BLOCK_M, BLOCK_D]
-    b_q = _load_rows(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], m_row[:, None], m_d[None, :],
-                     True, EVEN_D)
-    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    b_q = _load_tile(p_q0 + o_m[:, None] * stride_qs + o_d[None, :], m_m[:, None], m_d[None, :], True, EVEN_D)
+    b_mx = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # key blocks start at lo; the first n_full of them need no causal or end-of-sequence mask
-    if CAUSAL:
-        kv_hi = tl.minimum(hi, start_m + BLOCK_M)
-        n_full = tl.maximum(tl.minimum(start_m + 1, hi) - lo, 0) // BLOCK_N
-    else:
-        kv_hi = hi
-        n_full = tl.maximum(hi - lo, 0) // BLOCK_N
-    mid = lo + n_full * BLOCK_N
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, b_q, k_base, v_base, km_base, stride_ks, stride_vs, stride_ms,
-        offs_m, offs_d, m_d, lo, mid, hi, qk_scale,
-        False, CAUSAL, HAS_MASK, EVEN_D, DOT_PRECISION, BLOCK_N,
+    mid, end = _key_range(start_m, lo, hi, causal, BLOCK_M, BLOCK_N)
+    b_acc, b_l, b_mx = _attn_fwd_inner(
+        b_acc, b_l, b_mx, b_q, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
+        o_m, o_d, m_d, lo, mid, hi, _diag_shift(causal), qk_scale,
+        MASKED=False, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, b_q, k_base, v_base, km_base, stride_ks, stride_vs, stride_ms,
-        offs_m, offs_d, m_d, mid, kv_hi, hi, qk_scale,
-        True, CAUSAL, HAS_MASK, EVEN_D, DOT_PRECISION, BLOCK_N,
+    b_acc, b_l, b_mx = _attn_fwd_inner(
+        b_acc, b_l, b_mx, b_q, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
+        o_m, o_d, m_d, mid, end, hi, _diag_shift(causal), qk_scale,
+        MASKED=True, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
 
-    valid = (offs_m >= lo) & (offs_m < hi) & (l_i > 0)
+    m_ok = (o_m >= lo) & (o_m < hi) & (b_l > 0)
     if HAS_MASK:
-        b_qm = tl.load(km_base + offs_m * stride_ms, mask=m_row, other=0)
-        valid = valid & (b_qm != 0)
-    l_safe = tl.where(valid, l_i, 1.0)
-    b_o = tl.where(valid[:, None], acc / l_safe[:, None], 0.0)
-    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_row[:, None] & m_d[None, :])
-    tl.store(p_lse, tl.where(valid, m_i + tl.log2(l_safe), float("inf")), mask=m_row)
+        b_qm = tl.load(p_km0 + o_m * stride_ms, mask=m_m, other=0)
+        m_ok = m_ok & (b_qm != 0)
+    b_l = tl.where(m_ok, b_l, 1.0)
+    b_o = tl.where(m_ok[:, None], b_acc / b_l[:, None], 0.0)
+    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(p_lse, tl.where(m_ok, b_mx + tl.log2(b_l), float("inf")), mask=m_m)
 
 
-@triton.jit(do_not_specialize=["seqlen", "lse_rows"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_preprocess_kernel(
-    o, do, delta, cu_seqlens, bounds,
+    o, do, delta, cu_seqlens,
     stride_ob, stride_os, stride_oh,
     stride_dob, stride_dos, stride_doh,
-    seqlen, lse_rows,
-    HEAD_DIM: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr,
+    seqlen, lse_rows, head_dim,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_b = tl.program_id(1)
     i_h = tl.program_id(2)
-    row0, win_len, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN, HAS_MASK)
+    # every row of the window, padding too (its dO is zero)
+    tok0, win_len, row0, lo, hi = _window(cu_seqlens, cu_seqlens, i_b, seqlen, False)
     start_m = i_m * BLOCK_M
     if start_m >= win_len:
         return
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m = (offs_m < win_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o_base = _base(o, row0, i_b, stride_ob, stride_os, IS_VARLEN) + i_h * stride_oh
-    do_base = _base(do, row0, i_b, stride_dob, stride_dos, IS_VARLEN) + i_h * stride_doh
-    b_o = tl.load(o_base + offs_m[:, None] * stride_os + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-    b_do = tl.load(do_base + offs_m[:, None] * stride_dos + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-    p_delta = delta + i_h.to(tl.int64) * lse_rows + row0 + offs_m
-    tl.store(p_delta, tl.sum(b_o * b_do, 1), mask=offs_m < win_len)
+    o_m = start_m + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < win_len
+    m_md = m_m[:, None] & (o_d < head_dim)[None, :]
+    p_o = _base(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh) + o_m[:, None] * stride_os + o_d[None, :]
+    p_do = _base(do, i_b, tok0, i_h, stride_dob, stride_dos, stride_doh) + o_m[:, None] * stride_dos + o_d[None, :]
+    b_o = tl.load(p_o, mask=m_md, other=0.0).to(tl.float32)
+    b_do = tl.load(p_do, mask=m_md, other=0.0).to(tl.float32)
+    tl.store(delta + i_h.to(tl.int64) * lse_rows + row0 + o_m, tl.sum(b_o * b_do, 1), mask=m_m)
 
 
 @triton.jit
 def _attn_bwd_dkdv_inner(
-    dk_acc, dv_acc, b_k, b_v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos,
-    offs_n, offs_d, m_d, m_start, m_end, hi, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
+    o_n, o_d, m_d, m_start, m_end, hi, shift, qk_scale,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    offs_mm = tl.arange(0, BLOCK_M)
+    o_mm = tl.arange(0, BLOCK_M)
     for start_m in range(m_start, m_end, BLOCK_M):
-        offs_m = start_m + offs_mm
-        m_row = offs_m < hi
+        o_m = start_m + o_mm
+        m_m = o_m < hi
         # [BLOCK_M, BLOCK_D]
-        b_q = _load_rows(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], m_row[:, None], m_d[None, :],
+        b_q = _load_tile(p_q0 + o_m[:, None] * stride_qs + o_d[None, :], m_m[:, None], m_d[None, :],
                          MASKED, EVEN_D)
-        b_do = _load_rows(do_base + offs_m[:, None] * stride_dos + offs_d[None, :], m_row[:, None],
-                          m_d[None, :], MASKED, EVEN_D)
+        b_do = _load_tile(p_do0 + o_m[:, None] * stride_dos + o_d[None, :], m_m[:, None], m_d[None, :],
+                          MASKED, EVEN_D)
         if MASKED:
-            b_lse = tl.load(lse_base + offs_m, mask=m_row, other=float("inf"))
-            b_delta = tl.load(delta_base + offs_m, mask=m_row, other=0.0)
+            b_lse = tl.load(p_lse0 + o_m, mask=m_m, other=float("inf"))
+            b_delta = tl.load(p_delta0 + o_m, mask=m_m, other=0.0)
         else:
-            b_lse = tl.load(lse_base + offs_m)
-            b_delta = tl.load(delta_base + offs_m)
+            b_lse = tl.load(p_lse0 + o_m)
+            b_delta = tl.load(p_delta0 + o_m)
         # [BLOCK_N, BLOCK_M]; rows of padding have lse = +inf, hence probability 0
         b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale
         b_pt = tl.exp2(b_st - b_lse[None, :])
         if MASKED:
-            vis = m_row[None, :]
-            if CAUSAL:
-                vis = vis & (offs_m[None, :] >= offs_n[:, None])
-            b_pt = tl.where(vis, b_pt, 0.0)
-        dv_acc = tl.dot(b_pt.to(b_do.dtype), b_do, dv_acc, input_precision=DOT_PRECISION)
+            m_vis = m_m[None, :] & ((o_m + shift)[None, :] >= o_n[:, None])
+            b_pt = tl.where(m_vis, b_pt, 0.0)
+        b_dv = tl.dot(b_pt.to(b_do.dtype), b_do, b_dv, input_precision=DOT_PRECISION)
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)
         b_dst = b_pt * (b_dpt - b_delta[None, :])
-        dk_acc = tl.dot(b_dst.to(b_q.dtype), b_q, dk_acc, input_precision=DOT_PRECISION)
-    return dk_acc, dv_acc
+        b_dk = tl.dot(b_dst.to(b_q.dtype), b_q, b_dk, input_precision=DOT_PRECISION)
+    return b_dk, b_dv
 
 
-@triton.jit(do_not_specialize=["seqlen", "lse_rows"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dkdv_kernel(
     q, k, v, do, dk, dv, lse, delta, cu_seqlens, key_mask, bounds,
     stride_qb, stride_qs, stride_qh,
@@ -287,123 +321,107 @@ def _attn_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
     stride_mb, stride_ms,
-    seqlen, lse_rows, scale, qk_scale,
-    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    seqlen, lse_rows, num_heads, num_kv_heads, head_dim, causal, scale, qk_scale,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    GROUP: tl.constexpr = NUM_HEADS // NUM_KV_HEADS
     i_n = tl.program_id(0)
     i_b = tl.program_id(1)
     i_hk = tl.program_id(2)
-    row0, win_len, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN, HAS_MASK)
+    group = num_heads // num_kv_heads
+    tok0, win_len, row0, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK)
     start_n = i_n * BLOCK_N
     if start_n >= win_len:
         return
 
-    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_d = offs_d < HEAD_DIM
-    m_row = offs_n < win_len
-    m_store = m_row[:, None] & m_d[None, :]
-    dk_base = _base(dk, row0, i_b, stride_dkb, stride_dks, IS_VARLEN) + i_hk * stride_dkh
-    dv_base = _base(dv, row0, i_b, stride_dvb, stride_dvs, IS_VARLEN) + i_hk * stride_dvh
-    p_dk = dk_base + offs_n[:, None] * stride_dks + offs_d[None, :]
-    p_dv = dv_base + offs_n[:, None] * stride_dvs + offs_d[None, :]
+    o_n = start_n + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < head_dim
+    m_n = o_n < win_len
+    p_dk = _base(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh) + o_n[:, None] * stride_dks + o_d[None, :]
+    p_dv = _base(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh) + o_n[:, None] * stride_dvs + o_d[None, :]
     if (start_n >= hi) | (start_n + BLOCK_N <= lo):
-        tl.store(p_dk, tl.zeros([BLOCK_N, BLOCK_D], dtype=dk.dtype.element_ty), mask=m_store)
-        tl.store(p_dv, tl.zeros([BLOCK_N, BLOCK_D], dtype=dv.dtype.element_ty), mask=m_store)
+        m_nd = m_n[:, None] & m_d[None, :]
+        tl.store(p_dk, tl.zeros([BLOCK_N, BLOCK_D], dtype=dk.dtype.element_ty), mask=m_nd)
+        tl.store(p_dv, tl.zeros([BLOCK_N, BLOCK_D], dtype=dv.dtype.element_ty), mask=m_nd)
         return
 
-    k_base = _base(k, row0, i_b, stride_kb, stride_ks, IS_VARLEN) + i_hk * stride_kh
-    v_base = _base(v, row0, i_b, stride_vb, stride_vs, IS_VARLEN) + i_hk * stride_vh
+    p_k = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh) + o_n[:, None] * stride_ks + o_d[None, :]
+    p_v = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh) + o_n[:, None] * stride_vs + o_d[None, :]
     # [BLOCK_N, BLOCK_D]
-    b_k = _load_rows(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], m_row[:, None], m_d[None, :],
-                     True, EVEN_D)
-    b_v = _load_rows(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], m_row[:, None], m_d[None, :],
-                     True, EVEN_D)
-    dk_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_k = _load_tile(p_k, m_n[:, None], m_d[None, :], True, EVEN_D)
+    b_v = _load_tile(p_v, m_n[:, None], m_d[None, :], True, EVEN_D)
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    # query blocks start at m_lo: [m_lo, m_full) on the causal diagonal (masked), [m_full, m_tail) need no
-    # mask,
-    # [m_tail, hi) hold the sequence end (masked)
-    if CAUSAL:
-        m_lo = tl.maximum(lo, start_n)
-        n_diag = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - m_lo, 0), BLOCK_M)
-    else:
-        m_lo = lo
-        n_diag = 0
-    n_even = tl.maximum(hi - m_lo, 0) // BLOCK_M
-    n_diag = tl.minimum(n_diag, n_even)
-    m_full = m_lo + n_diag * BLOCK_M
-    m_tail = m_lo + n_even * BLOCK_M
-
-    for g in range(GROUP):
-        i_h = i_hk * GROUP + g
-        q_base = _base(q, row0, i_b, stride_qb, stride_qs, IS_VARLEN) + i_h * stride_qh
-        do_base = _base(do, row0, i_b, stride_dob, stride_dos, IS_VARLEN) + i_h * stride_doh
-        lse_base = lse + i_h.to(tl.int64) * lse_rows + row0
-        delta_base = delta + i_h.to(tl.int64) * lse_rows + row0
-        dk_acc, dv_acc = _attn_bwd_dkdv_inner(
-            dk_acc, dv_acc, b_k, b_v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos,
-            offs_n, offs_d, m_d, m_lo, m_full, hi, qk_scale, True, CAUSAL, EVEN_D, DOT_PRECISION, BLOCK_M,
+    first, full, tail = _query_range(start_n, lo, hi, causal, BLOCK_M, BLOCK_N)
+    shift = _diag_shift(causal)
+    for g in range(group):
+        i_h = i_hk * group + g
+        p_q0 = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh)
+        p_do0 = _base(do, i_b, tok0, i_h, stride_dob, stride_dos, stride_doh)
+        p_lse0 = lse + i_h.to(tl.int64) * lse_rows + row0
+        p_delta0 = delta + i_h.to(tl.int64) * lse_rows + row0
+        b_dk, b_dv = _attn_bwd_dkdv_inner(
+            b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
+            o_n, o_d, m_d, first, full, hi, shift, qk_scale,
+            MASKED=True, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         )
-        dk_acc, dv_acc = _attn_bwd_dkdv_inner(
-            dk_acc, dv_acc, b_k, b_v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos,
-            offs_n, offs_d, m_d, m_full, m_tail, hi, qk_scale, False, CAUSAL, EVEN_D, DOT_PRECISION, BLOCK_M,
+        b_dk, b_dv = _attn_bwd_dkdv_inner(
+            b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
+            o_n, o_d, m_d, full, tail, hi, shift, qk_scale,
+            MASKED=False, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         )
-        dk_acc, dv_acc = _attn_bwd_dkdv_inner(
-            dk_acc, dv_acc, b_k, b_v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos,
-            offs_n, offs_d, m_d, m_tail, hi, hi, qk_scale, True, CAUSAL, EVEN_D, DOT_PRECISION, BLOCK_M,
+        b_dk, b_dv = _attn_bwd_dkdv_inner(
+            b_dk, b_dv, b_k, b_v, p_q0, p_do0, p_lse0, p_delta0, stride_qs, stride_dos,
+            o_n, o_d, m_d, tail, hi, hi, shift, qk_scale,
+            MASKED=True, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         )
 
     # keys that are padding got garbage above (their probabilities were never masked): zero them here
-    key_ok = (offs_n >= lo) & (offs_n < hi)
+    m_key = (o_n >= lo) & (o_n < hi)
     if HAS_MASK:
-        b_km = tl.load(key_mask + i_b.to(tl.int64) * stride_mb + offs_n * stride_ms, mask=m_row, other=0)
-        key_ok = key_ok & (b_km != 0)
-    dk_acc = tl.where(key_ok[:, None], dk_acc * scale, 0.0)
-    dv_acc = tl.where(key_ok[:, None], dv_acc, 0.0)
-    tl.store(p_dk, dk_acc.to(dk.dtype.element_ty), mask=m_store)
-    tl.store(p_dv, dv_acc.to(dv.dtype.element_ty), mask=m_store)
+        b_km = tl.load(key_mask + i_b.to(tl.int64) * stride_mb + o_n * stride_ms, mask=m_n, other=0)
+        m_key = m_key & (b_km != 0)
+    b_dk = tl.where(m_key[:, None], b_dk * scale, 0.0)
+    b_dv = tl.where(m_key[:, None], b_dv, 0.0)
+    m_nd = m_n[:, None] & m_d[None, :]
+    tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_nd)
+    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_nd)
 
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq_acc, b_q, b_do, b_lse, b_delta, k_base, v_base, km_base, stride_ks, stride_vs, stride_ms,
-    offs_m, offs_d, m_d, n_start, n_end, hi, qk_scale,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    b_dq, b_q, b_do, b_lse, b_delta, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
+    o_m, o_d, m_d, n_start, n_end, hi, shift, qk_scale,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    offs_n = tl.arange(0, BLOCK_N)
+    o_nn = tl.arange(0, BLOCK_N)
     for start_n in range(n_start, n_end, BLOCK_N):
-        cols = start_n + offs_n
-        m_col = cols < hi
+        o_n = start_n + o_nn
+        m_n = o_n < hi
         # [BLOCK_D, BLOCK_N]
-        b_kt = _load_rows(k_base + cols[None, :] * stride_ks + offs_d[:, None], m_col[None, :], m_d[:, None],
+        b_kt = _load_tile(p_k0 + o_n[None, :] * stride_ks + o_d[:, None], m_n[None, :], m_d[:, None],
                           MASKED, EVEN_D)
-        b_vt = _load_rows(v_base + cols[None, :] * stride_vs + offs_d[:, None], m_col[None, :], m_d[:, None],
+        b_vt = _load_tile(p_v0 + o_n[None, :] * stride_vs + o_d[:, None], m_n[None, :], m_d[:, None],
                           MASKED, EVEN_D)
         # [BLOCK_M, BLOCK_N]
         b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
         b_p = tl.exp2(b_s - b_lse[:, None])
         if MASKED:
-            vis = m_col[None, :]
-            if CAUSAL:
-                vis = vis & (cols[None, :] <= offs_m[:, None])
-            b_p = tl.where(vis, b_p, 0.0)
+            m_vis = m_n[None, :] & ((o_n - shift)[None, :] <= o_m[:, None])
+            b_p = tl.where(m_vis, b_p, 0.0)
         if HAS_MASK:
-            b_km = tl.load(km_base + cols * stride_ms, mask=m_col, other=0)
+            b_km = tl.load(p_km0 + o_n * stride_ms, mask=m_n, other=0)
             b_p = tl.where(b_km[None, :] != 0, b_p, 0.0)
         b_dp = tl.dot(b_do, b_vt, input_precision=DOT_PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
-        dq_acc = tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), dq_acc, input_precision=DOT_PRECISION)
-    return dq_acc
+        b_dq = tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, input_precision=DOT_PRECISION)
+    return b_dq
 
 
-@triton.jit(do_not_specialize=["seqlen", "lse_rows"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dq_kernel(
     q, k, v, do, dq, lse, delta, cu_seqlens, key_mask, bounds,
     stride_qb, stride_qs, stride_qh,
@@ -412,139 +430,78 @@ def _attn_bwd_dq_kernel(
     stride_dob, stride_dos, stride_doh,
     stride_dqb, stride_dqs, stride_dqh,
     stride_mb, stride_ms,
-    seqlen, lse_rows, scale, qk_scale,
-    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    seqlen, lse_rows, num_heads, num_kv_heads, head_dim, causal, scale, qk_scale,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_b = tl.program_id(1)
     i_h = tl.program_id(2)
-    if CAUSAL:
+    if causal:
         i_m = tl.num_programs(0) - 1 - i_m
-    i_hk = i_h // (NUM_HEADS // NUM_KV_HEADS)
-    row0, win_len, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, IS_VARLEN, HAS_MASK)
+    i_hk = i_h // (num_heads // num_kv_heads)
+    tok0, win_len, row0, lo, hi = _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK)
     start_m = i_m * BLOCK_M
     if start_m >= win_len:
         return
 
-    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_d = offs_d < HEAD_DIM
-    m_row = offs_m < win_len
-    m_store = m_row[:, None] & m_d[None, :]
-    dq_base = _base(dq, row0, i_b, stride_dqb, stride_dqs, IS_VARLEN) + i_h * stride_dqh
-    p_dq = dq_base + offs_m[:, None] * stride_dqs + offs_d[None, :]
+    o_m = start_m + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < head_dim
+    m_m = o_m < win_len
+    p_dq = _base(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh) + o_m[:, None] * stride_dqs + o_d[None, :]
     if (start_m >= hi) | (start_m + BLOCK_M <= lo):
-        tl.store(p_dq, tl.zeros([BLOCK_M, BLOCK_D], dtype=dq.dtype.element_ty), mask=m_store)
+        tl.store(p_dq, tl.zeros([BLOCK_M, BLOCK_D], dtype=dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
         return
 
-    q_base = _base(q, row0, i_b, stride_qb, stride_qs, IS_VARLEN) + i_h * stride_qh
-    do_base = _base(do, row0, i_b, stride_dob, stride_dos, IS_VARLEN) + i_h * stride_doh
-    k_base = _base(k, row0, i_b, stride_kb, stride_ks, IS_VARLEN) + i_hk * stride_kh
-    v_base = _base(v, row0, i_b, stride_vb, stride_vs, IS_VARLEN) + i_hk * stride_vh
-    km_base = key_mask + i_b.to(tl.int64) * stride_mb
-    b_q = _load_rows(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], m_row[:, None], m_d[None, :],
-                     True, EVEN_D)
-    b_do = _load_rows(do_base + offs_m[:, None] * stride_dos + offs_d[None, :], m_row[:, None], m_d[None, :],
-                      True, EVEN_D)
+    p_q = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh) + o_m[:, None] * stride_qs + o_d[None, :]
+    p_do = _base(do, i_b, tok0, i_h, stride_dob, stride_dos, stride_doh) + o_m[:, None] * stride_dos + o_d[None, :]
+    p_k0 = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh)
+    p_v0 = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh)
+    p_km0 = key_mask + i_b.to(tl.int64) * stride_mb
+    b_q = _load_tile(p_q, m_m[:, None], m_d[None, :], True, EVEN_D)
+    b_do = _load_tile(p_do, m_m[:, None], m_d[None, :], True, EVEN_D)
     # padding rows (and rows past the window) have lse = +inf: probability 0, so dq = 0 there
-    p_stats = i_h.to(tl.int64) * lse_rows + row0 + offs_m
-    b_lse = tl.load(lse + p_stats, mask=m_row, other=float("inf"))
-    b_delta = tl.load(delta + p_stats, mask=m_row, other=0.0)
-    dq_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    p_stats = i_h.to(tl.int64) * lse_rows + row0 + o_m
+    b_lse = tl.load(lse + p_stats, mask=m_m, other=float("inf"))
+    b_delta = tl.load(delta + p_stats, mask=m_m, other=0.0)
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if CAUSAL:
-        kv_hi = tl.minimum(hi, start_m + BLOCK_M)
-        n_full = tl.maximum(tl.minimum(start_m + 1, hi) - lo, 0) // BLOCK_N
-    else:
-        kv_hi = hi
-        n_full = tl.maximum(hi - lo, 0) // BLOCK_N
-    mid = lo + n_full * BLOCK_N
-    dq_acc = _attn_bwd_dq_inner(
-        dq_acc, b_q, b_do, b_lse, b_delta, k_base, v_base, km_base, stride_ks, stride_vs, stride_ms,
-        offs_m, offs_d, m_d, lo, mid, hi, qk_scale, False, CAUSAL, HAS_MASK, EVEN_D, DOT_PRECISION, BLOCK_N,
+    mid, end = _key_range(start_m, lo, hi, causal, BLOCK_M, BLOCK_N)
+    b_dq = _attn_bwd_dq_inner(
+        b_dq, b_q, b_do, b_lse, b_delta, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
+        o_m, o_d, m_d, lo, mid, hi, _diag_shift(causal), qk_scale,
+        MASKED=False, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
-    dq_acc = _attn_bwd_dq_inner(
-        dq_acc, b_q, b_do, b_lse, b_delta, k_base, v_base, km_base, stride_ks, stride_vs, stride_ms,
-        offs_m, offs_d, m_d, mid, kv_hi, hi, qk_scale, True, CAUSAL, HAS_MASK, EVEN_D, DOT_PRECISION, BLOCK_N,
+    b_dq = _attn_bwd_dq_inner(
+        b_dq, b_q, b_do, b_lse, b_delta, p_k0, p_v0, p_km0, stride_ks, stride_vs, stride_ms,
+        o_m, o_d, m_d, mid, end, hi, _diag_shift(causal), qk_scale,
+        MASKED=True, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
-    tl.store(p_dq, (dq_acc * scale).to(dq.dtype.element_ty), mask=m_store)
+    tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
 
 
 # ------------------------------------------------------------------------------------------------------------
-# configs: fixed and small in the interpreter, autotuned per device capability on CUDA
+# configs: fixed and small in the interpreter, autotuned per device capability on CUDA (bellm_kernels.configs)
 # ------------------------------------------------------------------------------------------------------------
 
 # Triton adds the tensors' dtypes to the key; never anything derived from sequence lengths
-_AUTOTUNE_KEY = ["HEAD_DIM", "NUM_HEADS", "NUM_KV_HEADS", "CAUSAL"]
-
-# (BLOCK_M, BLOCK_N) for the interpreter: unequal on purpose, so the block logic is exercised
-_INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "pre": (32, 0)}
-
-# shared memory per block (KiB) by compute capability; unknown devices get the smallest
-_SMEM_KIB = {(8, 0): 163, (8, 7): 163, (9, 0): 227, (10, 0): 227}
-
-
-def _candidates(kind: str, block_d: int) -> list[tuple[int, int, int, int]]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) candidates per kernel and padded head_dim."""
-    if kind == "fwd":
-        if block_d <= 64:
-            return [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)]
-        if block_d <= 128:
-            return [(128, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2),
-                    (64, 32, 4, 4)]
-        return [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 32, 4, 2)]
-    if kind == "dkdv":  # BLOCK_M loops over queries, BLOCK_N keys are held
-        if block_d <= 64:
-            return [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]
-        if block_d <= 128:
-            return [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2), (16, 64, 4, 3)]
-        # two [BLOCK_N, 256] float32 accumulators live in registers: small BLOCK_N or 8 warps
-        return [(32, 64, 8, 2), (16, 32, 4, 2), (32, 32, 4, 2), (16, 64, 8, 1)]
-    if kind == "dq":  # BLOCK_M queries are held, BLOCK_N loops over keys
-        if block_d <= 64:
-            return [(128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 2)]
-        if block_d <= 128:
-            return [(128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 4, 3)]
-        return [(64, 32, 8, 2), (64, 16, 4, 2), (32, 32, 4, 2), (64, 64, 8, 1)]
-    raise ValueError(kind)
-
-
-def _smem_bytes(kind: str, block_m: int, block_n: int, block_d: int, stages: int, elem: int) -> int:
-    """Rough shared-memory need: resident dot operands plus (stages - 1) buffers of the streamed pair (matches
-    what Triton 3.9 allocates for sm90 to within ~30 %)."""
-    buffers = max(stages - 1, 1)
-    if kind == "fwd":  # q lives in registers; k and v stream
-        return buffers * 2 * block_n * block_d * elem
-    if kind == "dkdv":  # k, v resident; q, dO stream
-        return (2 * block_n + buffers * 2 * block_m) * block_d * elem
-    return (2 * block_m + buffers * 2 * block_n) * block_d * elem  # dq: q, dO resident; k, v stream
-
+_AUTOTUNE_KEY = ["head_dim", "num_heads", "num_kv_heads", "causal"]
 
 _KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
+_CONFIG_NAMES = {"fwd": "attn_fwd", "dkdv": "attn_bwd_dkdv", "dq": "attn_bwd_dq", "pre": "attn_bwd_preprocess"}
+_ELEM_DTYPES = {2: torch.bfloat16, 4: torch.float32}
 
 
 @functools.cache
 def _tuned_kernel(kind: str, block_d: int, elem: int, capability: tuple[int, int]):
-    """An autotuned wrapper of one kernel for this padded head_dim, element size and device capability."""
-    budget = _SMEM_KIB.get(capability, 99) * 1024
-    configs = []
-    for bm, bn, warps, stages in _candidates(kind, block_d):
-        # fp32 operands double the tiles: drop the largest ones
-        if elem == 4 and bm * bn > 64 * 64:
-            continue
-        while stages > 1 and _smem_bytes(kind, bm, bn, block_d, stages, elem) > budget:
-            stages -= 1
-        if _smem_bytes(kind, bm, bn, block_d, stages, elem) > budget:
-            continue
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
-    if not configs:
-        configs = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    configs = list({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages): c
-                    for c in configs}.values())
-    return triton.autotune(configs=configs, key=_AUTOTUNE_KEY)(_KERNELS[kind])
+    """An autotuned wrapper of one kernel for this padded head_dim, element size and device capability (the
+    candidates depend on the dtype only through its size)."""
+    tiles = configs.autotune_configs(_CONFIG_NAMES[kind], block_d, _ELEM_DTYPES.get(elem, torch.bfloat16),
+                                     capability)
+    return triton.autotune(configs=tiles, key=_AUTOTUNE_KEY)(_KERNELS[kind])
 
 
 def _kernel_and_meta(kind: str, x: torch.Tensor, block_d: int):
@@ -552,7 +509,7 @@ def _kernel_and_meta(kind: str, x: torch.Tensor, block_d: int):
     if x.is_cuda:
         capability = torch.cuda.get_device_capability(x.device)
         return _tuned_kernel(kind, block_d, x.element_size(), tuple(capability)), {}
-    bm, bn = _INTERPRETER_BLOCKS[kind]
+    bm, bn = configs.INTERPRETER_BLOCKS[_CONFIG_NAMES[kind]]
     return _KERNELS[kind], {"BLOCK_M": bm, "BLOCK_N": bn}
 
 
@@ -567,7 +524,7 @@ class _Layout:
 
     is_varlen: bool
     num_seqs: int
-    seqlen: int  # padded S (0 when packed)
+    seqlen: int  # padded S (0 when packed: the kernels tell the layouts apart by it)
     max_seqlen: int  # sizes the grid only
     rows: int  # total rows, i.e. B * S or total_tokens
     cu_seqlens: torch.Tensor | None
@@ -580,12 +537,17 @@ class _Layout:
             return 0, x.stride(0), x.stride(1)
         return x.stride(0), x.stride(1), x.stride(2)
 
-    def pointers(self, dummy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """cu_seqlens, key_mask, bounds; an unused one is replaced by ``dummy`` (never read)."""
-        return (
-            self.cu_seqlens if self.cu_seqlens is not None else dummy,
-            self.key_mask if self.key_mask is not None else dummy,
-            self.bounds if self.bounds is not None else dummy,
+    def pointers(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """cu_seqlens, key_mask, bounds; an unused one is an empty tensor of its dtype (never read; typed, so
+        that every layout specialises the kernels alike)."""
+
+        def given(x, dtype):
+            return x if x is not None else torch.empty(0, dtype=dtype, device=device)
+
+        return dict(
+            cu_seqlens=given(self.cu_seqlens, torch.int32),
+            key_mask=given(self.key_mask, torch.uint8),
+            bounds=given(self.bounds, torch.int32),
         )
 
     def mask_strides(self) -> tuple[int, int]:
@@ -614,7 +576,7 @@ def _make_layout(q: torch.Tensor, cu_seqlens, max_seqlen, key_mask) -> _Layout:
         lo = torch.where(key_mask, positions, seqlen).amin(dim=1)
         hi = torch.where(key_mask, positions + 1, 0).amax(dim=1)
     bounds = torch.stack([lo, torch.maximum(hi, lo)], dim=1).to(torch.int32).contiguous()
-    return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, key_mask.view(torch.uint8), bounds)
+    return _Layout(False, batch, seqlen, seqlen, batch * seqlen, None, key_mask.contiguous().view(torch.uint8), bounds)
 
 
 def _dot_precision(x: torch.Tensor) -> str | None:
@@ -623,61 +585,93 @@ def _dot_precision(x: torch.Tensor) -> str | None:
     return "ieee" if x.dtype == torch.float32 else None
 
 
+def _strides(prefix: str, x: torch.Tensor, lay: _Layout) -> dict[str, int]:
+    sb, ss, sh = lay.strides(x)
+    return {f"stride_{prefix}b": sb, f"stride_{prefix}s": ss, f"stride_{prefix}h": sh}
+
+
+def _runtime_bool(flag: bool, x: torch.Tensor) -> bool | int:
+    """A run-time bool kernel argument: ``bool`` for compiled kernels, ``int`` in Triton's interpreter (CPU
+    tensors), whose Triton 3.6 version rejects bool scalars."""
+    return flag if x.device.type != "cpu" else int(flag)
+
+
+def _head_dim_flags(q: torch.Tensor) -> dict:
+    """BLOCK_D (head_dim padded to a power of two) and EVEN_D (no padding: no head_dim mask on loads)."""
+    block_d = configs.padded_head_dim(q.shape[-1])
+    return {"BLOCK_D": block_d, "EVEN_D": block_d == q.shape[-1]}
+
+
+def _fwd_args(q, k, v, o, lse, causal: bool, scale: float, lay: _Layout) -> dict:
+    """Every argument of ``_attn_fwd_kernel`` but the tiles (also what the offline compile report builds)."""
+    stride_mb, stride_ms = lay.mask_strides()
+    return dict(
+        q=q, k=k, v=v, o=o, lse=lse, **lay.pointers(q.device),
+        **_strides("q", q, lay), **_strides("k", k, lay), **_strides("v", v, lay), **_strides("o", o, lay),
+        stride_mb=stride_mb, stride_ms=stride_ms,
+        seqlen=lay.seqlen, lse_rows=lay.rows, num_heads=q.shape[-2], num_kv_heads=k.shape[-2],
+        head_dim=q.shape[-1], causal=_runtime_bool(causal, q), qk_scale=scale * _LOG2E,
+        HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q), **_head_dim_flags(q),
+    )
+
+
+def _bwd_args(do, q, k, v, o, lse, delta, dq, dk, dv, causal: bool, scale: float, lay: _Layout):
+    """(preprocess, dkdv, dq) kernel arguments but the tiles (also what the offline compile report builds)."""
+    pointers = lay.pointers(q.device)
+    pre = dict(
+        o=o, do=do, delta=delta, cu_seqlens=pointers["cu_seqlens"],
+        **_strides("o", o, lay), **_strides("do", do, lay), seqlen=lay.seqlen, lse_rows=lay.rows,
+        head_dim=q.shape[-1], BLOCK_D=configs.padded_head_dim(q.shape[-1]),
+    )
+    stride_mb, stride_ms = lay.mask_strides()
+    shared = dict(
+        q=q, k=k, v=v, do=do, lse=lse, delta=delta, **pointers,
+        **_strides("q", q, lay), **_strides("k", k, lay), **_strides("v", v, lay), **_strides("do", do, lay),
+        stride_mb=stride_mb, stride_ms=stride_ms,
+        seqlen=lay.seqlen, lse_rows=lay.rows, num_heads=q.shape[-2], num_kv_heads=k.shape[-2],
+        head_dim=q.shape[-1], causal=_runtime_bool(causal, q), scale=scale, qk_scale=scale * _LOG2E,
+        HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q), **_head_dim_flags(q),
+    )
+    dkdv = dict(shared, dk=dk, dv=dv, **_strides("dk", dk, lay), **_strides("dv", dv, lay))
+    dq_args = dict(shared, dq=dq, **_strides("dq", dq, lay))
+    return pre, dkdv, dq_args
+
+
 def _attn_fwd(q, k, v, causal: bool, scale: float, lay: _Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: returns ``o`` (like q) and ``lse`` (heads, rows) float32 in base-2 units."""
-    heads, kv_heads, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    heads = q.shape[-2]
     o = torch.empty_like(q)
     lse = torch.empty((heads, lay.rows), device=q.device, dtype=torch.float32)
     if lay.rows == 0 or lay.max_seqlen == 0 or lay.num_seqs == 0:
         return o, lse
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    kernel, meta = _kernel_and_meta("fwd", q, block_d)
-    cu, km, bounds = lay.pointers(q)
+    kernel, meta = _kernel_and_meta("fwd", q, configs.padded_head_dim(q.shape[-1]))
     grid = lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)
-    kernel[grid](
-        q, k, v, o, lse, cu, km, bounds,
-        *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(o), *lay.mask_strides(),
-        lay.seqlen, lay.rows, scale * _LOG2E,
-        NUM_HEADS=heads, NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, CAUSAL=causal,
-        IS_VARLEN=lay.is_varlen, HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q),
-        BLOCK_D=block_d, **meta,
-    )
+    kernel[grid](**_fwd_args(q, k, v, o, lse, causal, scale, lay), **meta)
     return o, lse
 
 
 def _attn_bwd(do, q, k, v, o, lse, causal: bool, scale: float, lay: _Layout):
     """Launch the backward: returns ``dq, dk, dv`` shaped like ``q, k, v``."""
-    heads, kv_heads, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    heads, kv_heads = q.shape[-2], k.shape[-2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if lay.rows == 0 or lay.max_seqlen == 0 or lay.num_seqs == 0:
         return dq, dk, dv
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    cu, km, bounds = lay.pointers(q)
+    block_d = configs.padded_head_dim(q.shape[-1])
     delta = torch.empty_like(lse)
-    pre_m = _INTERPRETER_BLOCKS["pre"][0] if not q.is_cuda else max(16, min(128, 8192 // block_d))
-    _attn_bwd_preprocess_kernel[(triton.cdiv(lay.max_seqlen, pre_m), lay.num_seqs, heads)](
-        o, do, delta, cu, bounds, *lay.strides(o), *lay.strides(do), lay.seqlen, lay.rows,
-        HEAD_DIM=head_dim, IS_VARLEN=lay.is_varlen, HAS_MASK=lay.key_mask is not None,
-        BLOCK_D=block_d, BLOCK_M=pre_m,
-    )
-    flags = dict(
-        NUM_HEADS=heads, NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, CAUSAL=causal, IS_VARLEN=lay.is_varlen,
-        HAS_MASK=lay.key_mask is not None, DOT_PRECISION=_dot_precision(q), BLOCK_D=block_d,
+    pre, dkdv, dq_args = _bwd_args(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, lay)
+    if q.is_cuda:
+        (tile,) = configs.autotune_configs("attn_bwd_preprocess", q.shape[-1], q.dtype,
+                                           torch.cuda.get_device_capability(q.device))
+        pre_meta = dict(tile.kwargs, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    else:
+        pre_meta = {"BLOCK_M": configs.INTERPRETER_BLOCKS["attn_bwd_preprocess"][0]}
+    _attn_bwd_preprocess_kernel[(triton.cdiv(lay.max_seqlen, pre_meta["BLOCK_M"]), lay.num_seqs, heads)](
+        **pre, **pre_meta
     )
     kernel, meta = _kernel_and_meta("dkdv", q, block_d)
-    kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_N"]), lay.num_seqs, kv_heads)](
-        q, k, v, do, dk, dv, lse, delta, cu, km, bounds,
-        *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(do), *lay.strides(dk),
-        *lay.strides(dv), *lay.mask_strides(),
-        lay.seqlen, lay.rows, scale, scale * _LOG2E, **flags, **meta,
-    )
+    kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_N"]), lay.num_seqs, kv_heads)](**dkdv, **meta)
     kernel, meta = _kernel_and_meta("dq", q, block_d)
-    kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)](
-        q, k, v, do, dq, lse, delta, cu, km, bounds,
-        *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(do), *lay.strides(dq),
-        *lay.mask_strides(),
-        lay.seqlen, lay.rows, scale, scale * _LOG2E, **flags, **meta,
-    )
+    kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)](**dq_args, **meta)
     return dq, dk, dv
 
 

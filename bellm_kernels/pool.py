@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bellm_kernels import _checks, cpu
+from bellm_kernels import _checks, configs, cpu
 from bellm_kernels.reference import POOL_MODES
 
 __all__ = ["pool", "POOL_MODES"]
@@ -50,7 +50,8 @@ _INTERPRET_BLOCK_T = 16
 _INTERPRET_BLOCK_D = 256
 
 
-@triton.jit
+# padded lengths vary per batch: never a new specialisation for them
+@triton.jit(do_not_specialize=["seqlen", "keep_stride_b"])
 def _pool_fwd_kernel(
     h_ptr, keep_ptr, cu_ptr, out_ptr, count_ptr, sel_ptr,
     seqlen, D,
@@ -122,7 +123,7 @@ def _pool_fwd_kernel(
         tl.store(sel_ptr + i_b, sel)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seqlen", "keep_stride_b"])
 def _pool_bwd_kernel(
     g_ptr, keep_ptr, cu_ptr, count_ptr, sel_ptr, dh_ptr,
     seqlen, D,
@@ -207,16 +208,14 @@ def _l2norm_bwd_kernel(dy_ptr, x_ptr, norm_ptr, dx_ptr, D, stride_dyb, stride_xb
         tl.store(dx_ptr + i_b * stride_dxb + o_d, b_dy / denom - b_x * coef, mask=o_d < D)
 
 
-_CONFIGS = [
-    triton.Config({"BLOCK_T": bt, "BLOCK_D": bd}, num_warps=w)
-    for bt, bd, w in [
-        (16, 128, 4), (32, 128, 4), (64, 128, 8), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8),
-        (32, 64, 4),
-    ]
-]
+# the candidates depend on neither dtype nor capability (bellm_kernels.configs)
 _TUNE_KEY = ["D", "MODE", "PACKED", "HAS_KEEP"]
-_pool_fwd_tuned = triton.autotune(configs=_CONFIGS, key=_TUNE_KEY)(_pool_fwd_kernel)
-_pool_bwd_tuned = triton.autotune(configs=_CONFIGS, key=_TUNE_KEY)(_pool_bwd_kernel)
+_pool_fwd_tuned = triton.autotune(
+    configs=configs.autotune_configs("pool_fwd", 0, torch.float32, (9, 0)), key=_TUNE_KEY
+)(_pool_fwd_kernel)
+_pool_bwd_tuned = triton.autotune(
+    configs=configs.autotune_configs("pool_bwd", 0, torch.float32, (9, 0)), key=_TUNE_KEY
+)(_pool_bwd_kernel)
 
 
 def _launch_pool(kernel, tuned, grid_seqs: int, D: int, args: tuple, flags: dict, interpret: bool) -> None:
@@ -228,8 +227,11 @@ def _launch_pool(kernel, tuned, grid_seqs: int, D: int, args: tuple, flags: dict
 
 
 def _norm_block(D: int, interpret: bool) -> tuple[int, int]:
-    block = _INTERPRET_BLOCK_D if interpret else min(triton.next_power_of_2(max(D, 1)), 4096)
-    return block, (8 if block >= 2048 else 4)
+    """(BLOCK_D, num_warps) of the L2-norm kernels for rows of ``D`` floats."""
+    if interpret:
+        return _INTERPRET_BLOCK_D, 4
+    (tile,) = configs.autotune_configs("pool_l2norm_fwd", D, torch.float32, (9, 0))
+    return tile.kwargs["BLOCK_D"], tile.num_warps
 
 
 def _triton_pool_fwd(hidden, keep, cu_seqlens, mode_id: int, normalize: bool) -> tuple[torch.Tensor, tuple]:
