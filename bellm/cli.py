@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("bellm.evaluate", "STS12-16, STS-B and SICK-R Spearman with the paper's protocol"),
     "turning-point": ("bellm.turning_point", "per-layer STS curve and from_layer sweep; prints the chosen k"),
     "train": ("bellm.trainer", "LoRA + AnglE training through the packed kernels, with checkpoint/resume"),
+    "serve": ("bellm.server.cli", "an OpenAI-compatible /v1/embeddings server with dynamic batching"),
 }
 
 
