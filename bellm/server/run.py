@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from bellm.server.config import ServerConfig
 
@@ -43,6 +44,8 @@ def serve(
     from bellm.server.app import build_app
 
     configure_logging(log_level)
+    # The encoder warns about truncated inputs; the server reports them per request (log line and header).
+    warnings.filterwarnings("ignore", message=r".* were truncated", category=UserWarning)
     app = build_app(encoder, config)
     uvicorn.run(
         app,
