@@ -112,14 +112,14 @@ def subprocess_env() -> dict:
 
 
 @contextlib.contextmanager
-def serve_subprocess(*args: str, port: int, log_path: Path, startup_s: float = 240):
-    """``python -m bellm serve ARGS --port PORT`` with stderr in ``log_path``; yields the Popen once
-    ``/health`` answers 200; kills it (if still running) at the end."""
+def serve_subprocess(*args: str, port: int, log_path: Path, env: dict | None = None, startup_s: float = 240):
+    """``python -m bellm serve ARGS --port PORT`` (extra ``env``) with its output in ``log_path``; yields the
+    Popen once ``/health`` answers 200; kills it (if still running) at the end."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bellm", "serve", *args, "--port", str(port)],
             cwd=REPO,
-            env=subprocess_env(),
+            env={**subprocess_env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
