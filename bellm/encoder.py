@@ -1,6 +1,6 @@
 """``Encoder``: sentences in, embeddings out, through a (BeLLM-)patched decoder LLM on packed varlen batches.
 
-The hot path of one :meth:`Encoder.encode` call (see ``docs: architecture``)::
+The hot path of one :meth:`Encoder.encode` call::
 
     sentences -> prompt template -> tokenizer (once, no padding, truncating only the text part)
       -> plan_batches (longest first, under a token budget)
@@ -16,8 +16,8 @@ Prompts are ``{text}`` templates. With ``pooling="last"`` the default is BeLLM's
 closing ``"`` and its hidden state is the embedding. With other poolings the default is no prompt (``"{text}"``).
 ``prompt=""`` or ``prompt="{text}"`` disables the prompt.
 
-Note (``findings.md`` #1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding equals the
-causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
+Note (docs/bidirectional.md, section 1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding
+equals the causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
 positions after the last layer.
 """
 
@@ -34,13 +34,11 @@ import numpy as np
 import torch
 
 import bellm_kernels
+from bellm.common import BELLM_PROMPT, ENCODER_CONFIG, POOLING_MODES, check_pooling, resolve_prompt
 from bellm.packing import pack, plan_batches
 
 __all__ = ["Encoder", "BELLM_PROMPT", "POOLING_MODES", "default_max_tokens_per_batch"]
 
-BELLM_PROMPT = 'The representative word for sentence {text} is:"'
-POOLING_MODES = ("last", "mean", "first")
-ENCODER_CONFIG = "bellm_encoder.json"
 _PROGRESS_THRESHOLD = 1000  # show_progress_bar=None shows a bar from this many sentences on
 _ENCODE_KWARGS = (
     "batch_size",
@@ -57,28 +55,6 @@ _ENCODE_KWARGS = (
 def default_max_tokens_per_batch(device: torch.device | str) -> int:
     """Token budget of one packed micro-batch: 16384 on CUDA, 4096 on CPU."""
     return 16384 if torch.device(device).type == "cuda" else 4096
-
-
-def _check_pooling(pooling: str) -> str:
-    if pooling not in POOLING_MODES:
-        raise ValueError(f"unknown pooling {pooling!r}; valid poolings are {', '.join(POOLING_MODES)}")
-    return pooling
-
-
-def _resolve_prompt(prompt: str | None, pooling: str) -> str:
-    """The prompt template to use: ``None`` gives BeLLM's for last pooling, no prompt otherwise."""
-    if prompt is None:
-        return BELLM_PROMPT if pooling == "last" else "{text}"
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str template containing {{text}}, got {type(prompt).__name__}")
-    if prompt == "":
-        return "{text}"
-    if prompt.count("{text}") != 1:
-        raise ValueError(
-            f"prompt {prompt!r} must contain the placeholder {{text}} exactly once, e.g. {BELLM_PROMPT!r}; "
-            'pass prompt="" for no prompt'
-        )
-    return prompt
 
 
 def _check_sentences(sentences) -> tuple[list[str], bool]:
@@ -183,8 +159,8 @@ class Encoder:
     ):
         from bellm.surgery import patch
 
-        self.pooling = _check_pooling(pooling)
-        self.prompt = _resolve_prompt(prompt, pooling)
+        self.pooling = check_pooling(pooling)
+        self.prompt = resolve_prompt(prompt, pooling)
         self.exclude_prompt = bool(exclude_prompt)
         self.tokenizer = tokenizer
         self.num_layers = _num_layers(model)
@@ -231,7 +207,7 @@ class Encoder:
         """
         from bellm.models import load_model_and_tokenizer
 
-        _check_pooling(pooling)
+        check_pooling(pooling)
         saved = {}
         for directory in (adapter, model_name_or_path):
             if directory is not None and (Path(directory) / ENCODER_CONFIG).is_file():
@@ -310,7 +286,7 @@ class Encoder:
         no offsets. Sequences over ``max_length`` lose text tokens from the end of the text; ValueError when
         the prompt and special tokens alone exceed ``max_length``.
         """
-        template = self.prompt if prompt is None else _resolve_prompt(prompt, self.pooling)
+        template = self.prompt if prompt is None else resolve_prompt(prompt, self.pooling)
         head, tail = template.split("{text}")
         texts = [head + s + tail for s in sentences]
         if not texts:

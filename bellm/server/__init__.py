@@ -3,7 +3,7 @@
 - :func:`build_app` (``app``): the FastAPI application for a loaded :class:`bellm.Encoder`;
 - :class:`ServerConfig` (``config``): limits and switches;
 - :class:`DynamicBatcher` (``batcher``): concurrent requests -> one packed forward;
-- :func:`serve` (``run``): run it under uvicorn; ``cli``: the ``bellm serve`` arguments.
+- :func:`serve` (``run``): run it under uvicorn (``bellm serve`` is :mod:`bellm.cli.serve`).
 
 Needs the ``serve`` extra (``pip install "bellm[serve]"``: fastapi, uvicorn, prometheus-client). Names are
 imported lazily, so ``import bellm.server`` costs nothing until one is used.

@@ -1,8 +1,7 @@
-"""``bellm serve``: the command-line arguments (:func:`add_arguments`) and entry (:func:`run`).
+"""``bellm serve``: an OpenAI-compatible ``/v1/embeddings`` server for one model (:mod:`bellm.server`).
 
-Everything heavy (torch, transformers, fastapi, uvicorn) is imported inside :func:`run`, so building the
-``bellm`` parser stays cheap. Settings are checked before the model loads: a bad value fails in a second with
-one line naming it.
+Everything heavy (torch, transformers, fastapi, uvicorn) is imported inside :func:`run`. Settings are checked
+before the model loads: a bad value fails in a second with one line naming it.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from bellm.cli._help import MODEL_HELP
+from bellm.common import POOLING_MODES
 from bellm.server.config import DEFAULT_MAX_INPUTS, DEFAULT_MAX_REQUEST_BYTES, ServerConfig
 from bellm.server.run import DEFAULT_HOST, DEFAULT_PORT
 
-__all__ = ["add_arguments", "run", "HELP"]
-
-HELP = "an OpenAI-compatible /v1/embeddings server with dynamic batching (needs bellm[serve])"
 API_KEY_ENV = "BELLM_API_KEY"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -27,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``bellm serve``."""
     model = parser.add_argument_group("model")
     source = model.add_mutually_exclusive_group()
-    source.add_argument(
-        "--model", default=None, help="local model directory (default: the bundled SmolLM2-135M)"
-    )
+    source.add_argument("--model", default=None, help=MODEL_HELP)
     source.add_argument("--gguf", default=None, help="a .gguf model file")
     model.add_argument(
         "--adapter", default=None, help="a peft (LoRA) adapter directory, merged for inference"
@@ -41,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first bidirectional layer (negative counts from the end; default: the model's saved setting, "
         "else all causal)",
     )
-    model.add_argument("--pooling", default="last", choices=["last", "mean", "first"])
+    model.add_argument("--pooling", default="last", choices=POOLING_MODES)
     model.add_argument(
         "--prompt",
         default=None,
@@ -166,8 +162,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     serve(encoder, host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
-
-
-# The names the current ``bellm`` dispatcher looks for.
-add_cli_arguments = add_arguments
-cli_main = run
