@@ -15,12 +15,10 @@ logged 500 with the same shape, never a dropped connection. With ``config.api_ke
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import platform
 import time
-import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -32,15 +30,15 @@ from bellm.server.batcher import DynamicBatcher, NotAccepting, QueueFull
 from bellm.server.config import QUEUE_BATCHES, ServerConfig
 from bellm.server.errors import APIError, error_body, error_response
 from bellm.server.metrics import CONTENT_TYPE_LATEST, Metrics
+from bellm.server.middleware import ROUTES, RequestMiddleware
 from bellm.server.schemas import embeddings_response, parse_embeddings_request, shape_embeddings
 
 __all__ = ["build_app", "resolve_config"]
 
 logger = logging.getLogger("bellm.server")
 
-ROUTES = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
-_QUIET = ("/health", "/metrics")  # polled often: logged at DEBUG
 TRUNCATED_HEADER = "x-bellm-truncated-inputs"
+INLINE_TOKENIZE_CHARS = 2048  # requests up to this many characters are tokenized on the event loop
 
 
 def resolve_config(encoder, config: ServerConfig | None) -> ServerConfig:
@@ -143,11 +141,6 @@ def _info(encoder, config: ServerConfig) -> dict:
     }
 
 
-def _authorized(request: Request, key: bytes) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return hmac.compare_digest(token.strip().encode() if scheme.lower() == "bearer" else b"", key)
-
-
 def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
     """The server for ``encoder`` (a :class:`bellm.Encoder`, already loaded); see the module docstring.
 
@@ -206,7 +199,6 @@ def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.config = config
-    key = config.api_key.encode() if config.api_key else None
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
@@ -217,51 +209,17 @@ def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
         message = f"{request.method} {request.url.path}: {err.detail}; the endpoints are {', '.join(ROUTES)}"
         return JSONResponse(error_body(err.status_code, message), status_code=err.status_code)
 
-    @app.middleware("http")
-    async def _around(request: Request, call_next):
-        start = time.perf_counter()
-        request.state.request_id = uuid.uuid4().hex[:12]
-        request.state.inputs = request.state.tokens = request.state.truncated = 0
-        path = request.url.path
-        if key is not None and path != "/health" and not _authorized(request, key):
-            response = error_response(
-                APIError(
-                    401,
-                    "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                    code="invalid_api_key",
-                )
-            )
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # noqa: BLE001 - logged with its traceback, answered in OpenAI's shape
-                logger.exception("request %s failed", request.state.request_id)
-                response = JSONResponse(
-                    error_body(500, "internal error; the server log has the traceback"), status_code=500
-                )
-        ms = (time.perf_counter() - start) * 1000
-        response.headers["x-request-id"] = request.state.request_id
-        metrics.requests.labels(path if path in ROUTES else "other", str(response.status_code)).inc()
-        logger.log(
-            logging.DEBUG if path in _QUIET else logging.INFO,
-            "request id=%s %s %s status=%d inputs=%d tokens=%d truncated=%d ms=%.1f",
-            request.state.request_id,
-            request.method,
-            path,
-            response.status_code,
-            request.state.inputs,
-            request.state.tokens,
-            request.state.truncated,
-            ms,
-        )
-        return response
+    app.add_middleware(RequestMiddleware, api_key=config.api_key, metrics=metrics)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         start = time.perf_counter()
         body = _decode_json(await _read_body(request, config.max_request_bytes))
         req = parse_embeddings_request(body, max_inputs=config.max_inputs, dim=encoder.dim)
-        counts, truncated = await run_in_threadpool(_count_tokens, encoder, req.inputs, config.truncate)
+        if sum(map(len, req.inputs)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than this
+            counts, truncated = _count_tokens(encoder, req.inputs, config.truncate)
+        else:
+            counts, truncated = await run_in_threadpool(_count_tokens, encoder, req.inputs, config.truncate)
         request.state.inputs, request.state.tokens = len(counts), sum(counts)
         request.state.truncated = truncated
         metrics.in_flight.inc()
