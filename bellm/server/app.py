@@ -146,49 +146,35 @@ def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
 
     The model is warmed up and the batcher started in the app's lifespan, so ``/health`` answers 200 only
     when the first request will not pay for start-up. Stopping (SIGTERM under uvicorn) finishes the requests
-    in flight before the worker ends.
+    in flight before the worker ends. ``app.state`` holds ``batcher``, ``metrics``, ``config`` and ``ready``.
     """
     config = resolve_config(encoder, config)
     metrics = Metrics()
-    budget = config.max_batch_tokens
 
     def embed(texts: list[str]):
         return encoder.encode(
-            texts, normalize_embeddings=config.normalize, max_tokens_per_batch=budget, show_progress_bar=False
+            texts,
+            normalize_embeddings=config.normalize,
+            max_tokens_per_batch=config.max_batch_tokens,
+            show_progress_bar=False,
         )
 
     batcher = DynamicBatcher(
         embed,
-        max_batch_tokens=budget,
+        max_batch_tokens=config.max_batch_tokens,
         max_queue_tokens=config.max_queue_tokens,
         max_wait_s=config.max_wait_ms / 1000,
         batching=config.batching,
         on_batch=metrics.observe_batch,
     )
     metrics.watch_queue(batcher)
-    created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(embed, ["warm-up"])
         await batcher.start()
         app.state.ready = True
-        logger.info(
-            "ready: model=%s dim=%d from_layer=%d/%d pooling=%s max_length=%d max_batch_tokens=%d "
-            "batching=%s max_wait_ms=%g max_queue_tokens=%d device=%s auth=%s",
-            config.model_name,
-            encoder.dim,
-            encoder.from_layer,
-            encoder.num_layers,
-            encoder.pooling,
-            encoder.max_length,
-            budget,
-            "on" if config.batching else "off",
-            config.max_wait_ms,
-            config.max_queue_tokens,
-            encoder.device,
-            "on" if config.api_key else "off",
-        )
+        logger.info(_ready_line(encoder, config))
         yield
         app.state.ready = False
         await batcher.stop()
@@ -210,7 +196,22 @@ def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse(error_body(err.status_code, message), status_code=err.status_code)
 
     app.add_middleware(RequestMiddleware, api_key=config.api_key, metrics=metrics)
+    _add_embeddings_route(app, encoder, config, batcher, metrics)
+    _add_info_routes(app, encoder, config, metrics)
+    return app
 
+
+def _ready_line(encoder, config: ServerConfig) -> str:
+    return (
+        f"ready: model={config.model_name} dim={encoder.dim} from_layer={encoder.from_layer}/{encoder.num_layers} "
+        f"pooling={encoder.pooling} max_length={encoder.max_length} max_batch_tokens={config.max_batch_tokens} "
+        f"batching={'on' if config.batching else 'off'} max_wait_ms={config.max_wait_ms:g} "
+        f"max_queue_tokens={config.max_queue_tokens} device={encoder.device} "
+        f"auth={'on' if config.api_key else 'off'}"
+    )
+
+
+def _add_embeddings_route(app: FastAPI, encoder, config: ServerConfig, batcher, metrics) -> None:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         start = time.perf_counter()
@@ -241,6 +242,10 @@ def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
         headers = {TRUNCATED_HEADER: str(truncated)} if truncated else None
         return JSONResponse(payload, headers=headers)
 
+
+def _add_info_routes(app: FastAPI, encoder, config: ServerConfig, metrics) -> None:
+    created = int(time.time())
+
     @app.get("/v1/models")
     async def models():
         card = {"id": config.model_name, "object": "model", "created": created, "owned_by": "bellm"}
@@ -259,5 +264,3 @@ def build_app(encoder, config: ServerConfig | None = None) -> FastAPI:
     @app.get("/metrics")
     async def prometheus():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return app

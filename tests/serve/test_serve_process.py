@@ -115,7 +115,7 @@ def test_real_smollm2_bellm_serve_alone(tmp_path):
         pytest.skip("the SmolLM2 GGUF is not available")
     port, log = free_port(), tmp_path / "serve.log"
     sentences = ["A man is playing a flute.", "A man plays the flute.", "The stock market crashed today."]
-    with serve_subprocess(port=port, log_path=log):
+    with serve_subprocess(port=port, log_path=log, startup_s=900):  # loading is slow on a busy machine
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         response = client.embeddings.create(input=sentences, model="SmolLM2-135M-Instruct")
         info = httpx.get(f"http://127.0.0.1:{port}/info").json()
