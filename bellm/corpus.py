@@ -254,6 +254,74 @@ def _barrier_if_distributed(world_size: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ main
+def _run_record(
+    path: Path, rows: int, encoder, text_field: str, shard_size: int, format: str, normalize: bool
+) -> dict:
+    """The settings ``run.json`` records for a run (a rerun must match them, ``input`` aside)."""
+    return {
+        "input": str(path.resolve()),
+        "input_fingerprint": _fingerprint(path),
+        "rows": rows,
+        "text_field": text_field,
+        "shard_size": shard_size,
+        "format": format,
+        "dim": int(encoder.dim),
+        "normalize_embeddings": bool(normalize),
+        "encoder": encoder.config_dict(),
+        "model": str(getattr(getattr(getattr(encoder, "model", None), "config", None), "_name_or_path", "")),
+    }
+
+
+def _check_or_write_run(out: Path, run: dict) -> None:
+    """Write ``run.json``, or check that the one already in ``out`` has the same settings (ValueError naming
+    the first that differs)."""
+    if (out / RUN_FILE).is_file():
+        previous = json.loads((out / RUN_FILE).read_text())
+        diff = [k for k in run if k != "input" and previous.get(k) != run[k]]
+        if diff:
+            k = diff[0]
+            raise ValueError(
+                f"{str(out)!r} holds a run with other settings ({k}: {previous.get(k)!r} there, "
+                f"{run[k]!r} now); use another output directory or delete it"
+            )
+    else:
+        atomic_write_json(out / RUN_FILE, run)
+
+
+def _remove_stale_temp_files(out: Path, rank: int, world_size: int) -> None:
+    """Delete the temporary shard files a killed run left; only this rank's, other ranks may be writing."""
+    for stale in out.glob(".shard-*.tmp"):
+        try:
+            if int(stale.name.split("-")[1].split(".")[0]) % world_size == rank:
+                stale.unlink(missing_ok=True)
+        except ValueError:
+            pass
+
+
+def _encode_shards(
+    encoder,
+    chunks: Iterator[list[str]],
+    todo: set[int],
+    out: Path,
+    shard_size: int,
+    format: str,
+    bar,
+    **kwargs,
+) -> None:
+    """Encode and write every shard in ``todo`` (``chunks`` yields every shard's texts in order); the progress
+    bar shows rows and tokens per second. ``kwargs`` go to ``encoder.encode_with_stats``."""
+    tokens = seconds = 0.0
+    for i, texts in enumerate(chunks):
+        if i not in todo:
+            continue
+        emb, stats = encoder.encode_with_stats(texts, **kwargs)
+        _write_shard(out / _shard_name(i, format), emb, i * shard_size, format)
+        tokens += stats["tokens"]
+        seconds += stats["seconds"]
+        bar.update(len(texts))
+        bar.set_postfix(tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
+
+
 def encode_corpus(
     input: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -300,61 +368,37 @@ def encode_corpus(
     elif encoder_kwargs:
         raise TypeError(f"encoder given: unexpected arguments {', '.join(sorted(encoder_kwargs))}")
 
-    run = {
-        "input": str(path.resolve()),
-        "input_fingerprint": _fingerprint(path),
-        "rows": rows,
-        "text_field": text_field,
-        "shard_size": shard_size,
-        "format": format,
-        "dim": int(encoder.dim),
-        "normalize_embeddings": bool(normalize_embeddings),
-        "encoder": encoder.config_dict(),
-        "model": str(getattr(getattr(getattr(encoder, "model", None), "config", None), "_name_or_path", "")),
-    }
-    if (out / RUN_FILE).is_file():
-        previous = json.loads((out / RUN_FILE).read_text())
-        diff = [k for k in run if k != "input" and previous.get(k) != run[k]]
-        if diff:
-            k = diff[0]
-            raise ValueError(
-                f"{str(out)!r} holds a run with other settings ({k}: {previous.get(k)!r} there, "
-                f"{run[k]!r} now); use another output directory or delete it"
-            )
-    else:
-        atomic_write_json(out / RUN_FILE, run)
+    run = _run_record(path, rows, encoder, text_field, shard_size, format, normalize_embeddings)
+    _check_or_write_run(out, run)
     num_shards = -(-rows // shard_size)
     mine = [i for i in range(num_shards) if i % world_size == rank]
-    for stale in out.glob(".shard-*.tmp"):  # left by a killed run; only this rank's, others may be writing
-        try:
-            if int(stale.name.split("-")[1].split(".")[0]) % world_size == rank:
-                stale.unlink(missing_ok=True)
-        except ValueError:
-            pass
+    _remove_stale_temp_files(out, rank, world_size)
 
     def expected_rows(i: int) -> int:
         return min(shard_size, rows - i * shard_size)
 
     todo = {i for i in mine if _shard_rows(out / _shard_name(i, format), format) != expected_rows(i)}
     my_rows = sum(expected_rows(i) for i in mine)
-    done_rows = my_rows - sum(expected_rows(i) for i in todo)
-    tokens = seconds = 0.0
     desc = "encode" if world_size == 1 else f"encode rank {rank}/{world_size}"
-    with tqdm(total=my_rows, initial=done_rows, unit="row", disable=not show_progress_bar, desc=desc) as bar:
-        for i, texts in enumerate(_chunks(read_rows(path, text_field), shard_size)):
-            if i not in todo:
-                continue
-            emb, stats = encoder.encode_with_stats(
-                texts,
-                batch_size=batch_size,
-                max_tokens_per_batch=max_tokens_per_batch,
-                normalize=normalize_embeddings,
-            )
-            _write_shard(out / _shard_name(i, format), emb, i * shard_size, format)
-            tokens += stats["tokens"]
-            seconds += stats["seconds"]
-            bar.update(len(texts))
-            bar.set_postfix(tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
+    with tqdm(
+        total=my_rows,
+        initial=my_rows - sum(expected_rows(i) for i in todo),
+        unit="row",
+        disable=not show_progress_bar,
+        desc=desc,
+    ) as bar:
+        _encode_shards(
+            encoder,
+            _chunks(read_rows(path, text_field), shard_size),
+            todo,
+            out,
+            shard_size,
+            format,
+            bar,
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            normalize=normalize_embeddings,
+        )
     if _barrier_if_distributed(world_size) and rank != 0:
         return _build_index(out, run)
     index = _build_index(out, run)

@@ -14,7 +14,7 @@ _OPTIONAL_NUMBERS = {"max_steps": int, "max_examples": int, "eval_max_pairs": in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--output`` and ``--<field>`` for every other TrainConfig field (``--from-layer`` for
     ``from_layer``); booleans get ``--x/--no-x``."""
-    from bellm.trainer import TrainConfig
+    from bellm.train_config import TrainConfig
 
     parser.add_argument(
         "--data",
