@@ -31,6 +31,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "bellm.cli.train", "LoRA + AnglE training through the packed kernels, with checkpoint/resume"
     ),
+    "serve": Command(
+        "bellm.cli.serve", "an OpenAI-compatible /v1/embeddings server with dynamic batching (bellm[serve])"
+    ),
 }
 
 
