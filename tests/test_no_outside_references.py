@@ -1,5 +1,6 @@
-"""The project speaks for itself: no text in the package, its help, README, RESULTS.md (and the experiment code
-that writes it), the docs or the tests refers to a document that is not part of the repository.
+"""The project speaks for itself: no text in the packages (bellm, bellm_kernels), their help, README, RESULTS.md,
+KERNELS.md, BENCHMARKS.md, the benchmark and experiment code that writes them, the docs or the tests refers to a
+document that is not part of the repository.
 
 Two checks: phrases that only make sense with notes outside the project (``findings #1``, a notes folder, an
 absolute path of one machine, ...), and every ``*.md`` file named or linked must exist in the repository.
@@ -28,12 +29,16 @@ def _texts() -> list[tuple[str, Path, str]]:
     """``(label, folder the text lives in, text)`` for every file and help text checked."""
     files = [
         *sorted((REPO / "bellm").rglob("*.py")),
+        *sorted((REPO / "bellm_kernels").rglob("*.py")),
+        *sorted((REPO / "benchmarks").rglob("*.py")),
+        *sorted((REPO / "benchmarks").rglob("*.md")),
         *sorted((REPO / "experiments").rglob("*.py")),
         *sorted((REPO / "experiments").rglob("*.md")),
         *sorted((REPO / "docs").rglob("*.md")),
         REPO / "README.md",
         REPO / "RESULTS.md",
-        *sorted(p for p in (REPO / "tests").rglob("*.py") if "kernels" not in p.parts),
+        *[p for p in (REPO / "KERNELS.md", REPO / "BENCHMARKS.md") if p.exists()],
+        *sorted((REPO / "tests").rglob("*.py")),
     ]
     this = Path(__file__).resolve()
     out = [(str(p.relative_to(REPO)), p.parent, p.read_text(encoding="utf-8")) for p in files if p != this]
