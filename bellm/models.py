@@ -23,6 +23,7 @@ __all__ = [
     "SMOLLM2_GGUF",
     "default_model",
     "default_data_dir",
+    "forget_gguf_quantizer",
     "load_model_and_tokenizer",
     "resolve_dtype",
 ]
@@ -155,11 +156,35 @@ def load_model_and_tokenizer(
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     torch_dtype = resolve_dtype(dtype, device)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import bellm.surgery  # noqa: F401  (registers "bellm" attention: a saved patched model's config names it)
+
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs).to(device).eval()
+    forget_gguf_quantizer(model)
     return model, tokenizer
+
+
+def forget_gguf_quantizer(model) -> None:
+    """Let a model loaded from a GGUF file save like any other, in place.
+
+    transformers de-quantises GGUF weights into ordinary float tensors at load but keeps its GGUF quantizer
+    (``model.hf_quantizer``) and ``config.quantization_config``, so ``save_pretrained`` refuses ("quantized
+    with gguf and is not serializable") and a saved config would ask for the GGUF loader again. Both are
+    dropped here; the weights are untouched. Models quantized any other way (bitsandbytes, ...) are left
+    alone: their weights really are quantized.
+    """
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if not isinstance(module, PreTrainedModel):
+            continue
+        quantizer = getattr(module, "hf_quantizer", None)
+        method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+        if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+            continue
+        module.hf_quantizer = None
+        module.config.__dict__.pop("quantization_config", None)

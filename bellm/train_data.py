@@ -14,12 +14,13 @@ the expected columns.
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from bellm._io import open_text, text_errors
 
 __all__ = ["DataError", "TrainData", "read_train_data", "prompt_token_ids", "BELLM_PROMPT"]
 
@@ -47,17 +48,11 @@ class TrainData:
         return len(self.texts[0])
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)``; for TSV the header is line 1 and rows start at line 2."""
     name = path.name.removesuffix(".gz")
     if name.endswith(".jsonl") or name.endswith(".json"):
-        with _open_text(path) as f:
+        with text_errors(path, DataError), open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -71,7 +66,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                     )
                 yield lineno, row
     elif name.endswith(".tsv") or name.endswith(".txt"):
-        with _open_text(path) as f:
+        with text_errors(path, DataError), open_text(path) as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None:
@@ -157,8 +152,8 @@ def read_train_data(path: str | os.PathLike, kind: str = "auto", limit: int | No
 def prompt_token_ids(
     tokenizer, texts: Sequence[str], prompt: str = BELLM_PROMPT, max_length: int | None = 60
 ) -> list[list[int]]:
-    """Token ids of ``prompt.format(text=t)`` for each text, at most ``max_length`` tokens including the
-    prompt.
+    """Token ids of the prompted text (``prompt`` with its one ``{text}`` replaced by ``t``; every other brace
+    is literal, as in the Encoder) for each text, at most ``max_length`` tokens including the prompt.
 
     A sequence that fits is the tokenization of the whole prompted string (as the encoder tokenizes it). A
     longer one keeps the prompt whole and cuts the *text* (its last tokens, found from the fast tokenizer's
@@ -167,10 +162,10 @@ def prompt_token_ids(
     long sentences; here 60 is the same total budget, spent on the text.) Raises ValueError when the prompt
     alone does not fit in ``max_length``.
     """
-    if "{text}" not in prompt:
-        raise ValueError(f"prompt must contain '{{text}}', got {prompt!r}")
-    prefix, suffix = prompt.split("{text}", 1)
-    prompted = [prompt.format(text=t) for t in texts]
+    if prompt.count("{text}") != 1:
+        raise ValueError(f"prompt must contain the placeholder {{text}} exactly once, got {prompt!r}")
+    prefix, suffix = prompt.split("{text}")
+    prompted = [prefix + t + suffix for t in texts]
     enc = tokenizer(prompted, add_special_tokens=True, return_offsets_mapping=max_length is not None)
     out = []
     for t, ids, offsets in zip(texts, enc["input_ids"], enc.get("offset_mapping", [None] * len(texts))):
