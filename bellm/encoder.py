@@ -16,9 +16,9 @@ Prompts are ``{text}`` templates. With ``pooling="last"`` the default is BeLLM's
 closing ``"`` and its hidden state is the embedding. With other poolings the default is no prompt (``"{text}"``).
 ``prompt=""`` or ``prompt="{text}"`` disables the prompt.
 
-Note: with ``from_layer = num_layers - 1`` and last-token pooling, the embedding equals the causal model's
-exactly: the last query already sees every key in a causal layer and nothing reads the other positions after the
-last layer.
+Note (docs/bidirectional.md, section 1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding
+equals the causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
+positions after the last layer.
 
 Isolation: an Encoder owns its setting (``from_layer``, ``billm_compat``), not the model's. Several Encoders may
 share one model object; before every encode an Encoder checks the setting the model's layers actually run
@@ -44,13 +44,11 @@ import numpy as np
 import torch
 
 import bellm_kernels
+from bellm.common import BELLM_PROMPT, ENCODER_CONFIG, POOLING_MODES, check_pooling, resolve_prompt
 from bellm.packing import pack, plan_batches
 
 __all__ = ["Encoder", "BELLM_PROMPT", "POOLING_MODES", "default_max_tokens_per_batch"]
 
-BELLM_PROMPT = 'The representative word for sentence {text} is:"'
-POOLING_MODES = ("last", "mean", "first")
-ENCODER_CONFIG = "bellm_encoder.json"
 DEFAULT_MAX_LENGTH = 512  # tokens per sentence unless max_length says otherwise (or the model allows fewer)
 _PROGRESS_THRESHOLD = 1000  # show_progress_bar=None shows a bar from this many sentences on
 _ENCODE_KWARGS = (
@@ -84,28 +82,6 @@ def _check_count(name: str, value, *, none_ok: bool = True) -> int | None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
-
-
-def _check_pooling(pooling: str) -> str:
-    if pooling not in POOLING_MODES:
-        raise ValueError(f"unknown pooling {pooling!r}; valid poolings are {', '.join(POOLING_MODES)}")
-    return pooling
-
-
-def _resolve_prompt(prompt: str | None, pooling: str) -> str:
-    """The prompt template to use: ``None`` gives BeLLM's for last pooling, no prompt otherwise."""
-    if prompt is None:
-        return BELLM_PROMPT if pooling == "last" else "{text}"
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str template containing {{text}}, got {type(prompt).__name__}")
-    if prompt == "":
-        return "{text}"
-    if prompt.count("{text}") != 1:
-        raise ValueError(
-            f"prompt {prompt!r} must contain the placeholder {{text}} exactly once, e.g. {BELLM_PROMPT!r}; "
-            'pass prompt="" for no prompt'
-        )
-    return prompt
 
 
 def _check_sentences(sentences) -> tuple[list[str], bool]:
@@ -230,8 +206,8 @@ class Encoder:
         from bellm.models import forget_gguf_quantizer
         from bellm.surgery import patch, patched_setting
 
-        self.pooling = _check_pooling(pooling)
-        self.prompt = _resolve_prompt(prompt, pooling)
+        self.pooling = check_pooling(pooling)
+        self.prompt = resolve_prompt(prompt, pooling)
         self.exclude_prompt = bool(exclude_prompt)
         self.max_tokens_per_batch = _check_count("max_tokens_per_batch", max_tokens_per_batch)
         max_length = _check_count("max_length", max_length)
@@ -279,7 +255,7 @@ class Encoder:
         """
         from bellm.models import load_model_and_tokenizer
 
-        _check_pooling(pooling)
+        check_pooling(pooling)
         saved = {}
         for directory in (adapter, model_name_or_path):
             if directory is not None and (Path(directory) / ENCODER_CONFIG).is_file():
@@ -378,7 +354,7 @@ class Encoder:
         no offsets. Sequences over ``max_length`` lose text tokens from the end of the text; ValueError when
         the prompt and special tokens alone exceed ``max_length``.
         """
-        template = self.prompt if prompt is None else _resolve_prompt(prompt, self.pooling)
+        template = self.prompt if prompt is None else resolve_prompt(prompt, self.pooling)
         head, tail = template.split("{text}")
         texts = [head + s + tail for s in sentences]
         if not texts:

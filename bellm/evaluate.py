@@ -2,10 +2,10 @@
 
 Protocol (what :func:`evaluate_sts` computes, mirroring SentEval as BeLLM's ``eval_sts.py`` runs it):
 
-- Text: ``shared/data/sts/senteval_sts.tsv.gz`` by default, i.e. SentEval's preprocessed files (STS12-16 and
-  STS-B Moses-tokenized and lowercased, SICK as released); ``source="raw"`` uses the original cased text
-  instead. Like SentEval, every sentence is split on whitespace and re-joined with single spaces before
-  encoding.
+- Text: ``sts/senteval_sts.tsv.gz`` of the data directory (:mod:`bellm.sts_data`) by default, i.e. SentEval's
+  preprocessed files (STS12-16 and STS-B Moses-tokenized and lowercased, SICK as released); ``source="raw"`` uses the
+  original cased text instead. Like SentEval, every sentence is split on whitespace and re-joined with single spaces
+  before encoding.
 - Score per pair: cosine similarity of the two embeddings (float64; a zero vector gives cosine 0).
 - Metric: Spearman rank correlation (``scipy.stats.spearmanr``, average ranks for ties) between cosines and
   gold scores, times 100. STS12-16: all subsets pooled into one list (SentEval's
@@ -21,16 +21,15 @@ Each unique sentence is encoded once across all tasks. The encoder is duck-typed
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from bellm.common import format_score, normalize_whitespace
 from bellm.sts_data import TASKS, load_sts
 
 __all__ = [
@@ -38,8 +37,7 @@ __all__ = [
     "spearman_cosine",
     "cosine_rows",
     "format_markdown",
-    "add_cli_arguments",
-    "cli_main",
+    "to_jsonable",
 ]
 
 _CHUNK = 256  # sentences per encode() call: the unit of the progress bar
@@ -69,10 +67,6 @@ def spearman_cosine(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -
     if len(gold) < 2 or np.ptp(cos) <= 1e-9 or np.ptp(gold) == 0:
         return float("nan")
     return float(spearmanr(cos, gold).statistic) * 100.0
-
-
-def _normalize_ws(sentence: str) -> str:
-    return " ".join(sentence.split())
 
 
 def _encode_kwargs(encoder, batch_size: int | None) -> dict:
@@ -159,8 +153,8 @@ def evaluate_sts(
     cache: dict[str, np.ndarray] = {}
     scores: dict[str, float] = {}
     for t in tasks:
-        s1 = [_normalize_ws(s) for s in data[t].sentences1]
-        s2 = [_normalize_ws(s) for s in data[t].sentences2]
+        s1 = [normalize_whitespace(s) for s in data[t].sentences1]
+        s2 = [normalize_whitespace(s) for s in data[t].sentences2]
         _encode_new(encoder, s1 + s2, cache, t, batch_size, show_progress_bar)
         scores[t] = spearman_cosine(
             np.stack([cache[s] for s in s1]), np.stack([cache[s] for s in s2]), data[t].scores
@@ -182,10 +176,6 @@ def evaluate_sts(
     }
 
 
-def _fmt(x: float | None) -> str:
-    return "undefined" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
-
-
 def format_markdown(results: dict, name: str = "model") -> str:
     """A one-row markdown table: tasks as columns plus ``Avg.``; undefined scores read "undefined"."""
     tasks = list(results["scores"])
@@ -194,7 +184,9 @@ def format_markdown(results: dict, name: str = "model") -> str:
     rule = "|" + "|".join(["---"] * (len(tasks) + 2)) + "|"
     row = (
         "| "
-        + " | ".join([name, *(_fmt(results["scores"][t]) for t in tasks), _fmt(results["average"])])
+        + " | ".join(
+            [name, *(format_score(results["scores"][t]) for t in tasks), format_score(results["average"])]
+        )
         + " |"
     )
     return "\n".join([head, rule, row])
@@ -211,100 +203,3 @@ def to_jsonable(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model/--from-layer/--adapter/--pooling/--prompt/--dtype/--device/--batch-size`` (shared with other
-    commands)."""
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="local model directory or .gguf file (default: the real SmolLM2-135M-Instruct GGUF)",
-    )
-    parser.add_argument(
-        "--from-layer",
-        type=int,
-        default=None,
-        help="make attention layers >= k bidirectional (negative: from the end); default causal",
-    )
-    parser.add_argument("--adapter", default=None, help="a trained LoRA adapter directory to load on top")
-    parser.add_argument("--pooling", default="last", choices=("last", "mean", "first"))
-    parser.add_argument(
-        "--prompt", default=None, help="prompt template with {text} (default: the encoder's BeLLM prompt)"
-    )
-    parser.add_argument(
-        "--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)"
-    )
-    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=None)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        default=list(TASKS),
-        metavar="TASK",
-        help=f"subset of: {' '.join(TASKS)} (default: all seven)",
-    )
-    parser.add_argument("--split", default="test", help="STS-B / SICK-R split (default test)")
-    parser.add_argument(
-        "--raw",
-        action="store_true",
-        help="use the original cased text instead of SentEval's preprocessed files",
-    )
-    parser.add_argument("--data-dir", default=None, help="folder holding sts/ (default: shared/data)")
-    parser.add_argument(
-        "--max-pairs", type=int, default=None, help="evaluate a random sample per task (quick look)"
-    )
-    parser.add_argument("--output", default=None, help="write the results as JSON here (atomically)")
-
-
-def build_encoder(args):
-    """An ``Encoder`` from the shared model arguments (imported here: only this needs bellm.encoder)."""
-    from bellm.encoder import Encoder
-
-    return Encoder.from_pretrained(
-        args.model,
-        from_layer=args.from_layer,
-        adapter=args.adapter,
-        pooling=args.pooling,
-        prompt=args.prompt,
-        dtype=args.dtype,
-        device=args.device,
-    )
-
-
-def cli_main(args) -> int:
-    from bellm._io import atomic_write_json
-
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown:
-        print(
-            f"error: unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASKS)}", file=sys.stderr
-        )
-        return 2
-    encoder = build_encoder(args)
-    results = evaluate_sts(
-        encoder,
-        tasks=args.tasks,
-        data_dir=args.data_dir,
-        split=args.split,
-        source="raw" if args.raw else "senteval",
-        batch_size=args.batch_size,
-        max_pairs=args.max_pairs,
-    )
-    results["model"] = {
-        "model": args.model or "SmolLM2-135M-Instruct (default)",
-        "from_layer": args.from_layer,
-        "adapter": args.adapter,
-        "pooling": args.pooling,
-        "prompt": args.prompt,
-    }
-    name = "causal" if args.from_layer is None else f"from_layer={args.from_layer}"
-    print(format_markdown(results, name))
-    if args.output:
-        atomic_write_json(args.output, to_jsonable(results))
-        print(f"wrote {args.output}")
-    return 0

@@ -12,8 +12,8 @@
 - :func:`ibn_term` — in-batch negatives with the hard negative: cross-entropy of the anchor against
   ``[positives; negatives]`` cosine scores times ``tau`` (``angle_emb.contrastive_with_negative_loss``).
 
-The released BeLLM weights are ``cosine_w=0, ibn_w=20, angle_w=1`` with every tau 20 (stage 1; see
-``shared/notes/peers.md`` section (c)), the defaults of :class:`AnglELoss`.
+The released BeLLM weights are ``cosine_w=0, ibn_w=20, angle_w=1`` with every tau 20 (the paper's stage 1), the
+defaults of :class:`AnglELoss`.
 
 Scored pairs (``text1, text2, score``, e.g. STS-B train) use the cosine and angle terms with the scores as
 labels. Graded scores define no positives, so the in-batch-negative term is skipped for scored pairs

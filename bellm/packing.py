@@ -1,6 +1,6 @@
 """Token-budget packing: turn tokenized sentences into packed varlen batches (no padding tokens anywhere).
 
-A packed batch is what the patched model consumes on the hot path (``docs: architecture``):
+A packed batch is what the patched model consumes on the hot path (see :mod:`bellm.encoder`):
 ``input_ids (1, total)``, ``position_ids (1, total)`` restarting at 0 for each sentence, and flash-attn style
 ``cu_seq_lens_q/k`` (int32, ``(num_seqs + 1,)``) with ``max_length_q/k``. Encoding and training both use it.
 """

@@ -1,4 +1,7 @@
-"""Loaders for the STS evaluation files shipped in ``shared/data/sts`` (offline; see that folder's README).
+"""Loaders for the STS evaluation files in the ``sts/`` folder of the data directory (offline).
+
+The data directory is ``data_dir`` when given, else ``$BELLM_DATA_DIR``, else a ``shared/data`` folder beside
+the working directory or the repository (:func:`bellm.models.default_data_dir`).
 
 Two sources of the same seven tasks:
 

@@ -3,7 +3,7 @@
 Two kinds of file, each ``.tsv``, ``.tsv.gz`` (UTF-8, tab-separated, one header line, no quoting) or
 ``.jsonl`` (one object per line, optionally ``.jsonl.gz``):
 
-- triplets: columns ``anchor`` (or ``text``), ``positive``, ``negative`` — e.g. ``shared/data/nli/`` SNLI
+- triplets: columns ``anchor`` (or ``text``), ``positive``, ``negative`` — e.g. the SNLI
   triplets, AnglE's ``all_nli_angle_format_b`` (``text, positive, negative``);
 - scored pairs: ``sentence1``/``text1``, ``sentence2``/``text2``, ``score`` (a number, e.g. STS-B 0-5).
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bellm._io import open_text, text_errors
+from bellm.common import BELLM_PROMPT
 
 __all__ = ["DataError", "TrainData", "read_train_data", "prompt_token_ids", "BELLM_PROMPT"]
 
-BELLM_PROMPT = 'The representative word for sentence {text} is:"'
 
 TRIPLET_COLUMNS = (("anchor", "text"), ("positive",), ("negative",))
 PAIR_COLUMNS = (("sentence1", "text1"), ("sentence2", "text2"), ("score", "label"))

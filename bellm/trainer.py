@@ -37,13 +37,12 @@ DDP only — FSDP is not tested here.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,12 +50,14 @@ from pathlib import Path
 
 import torch
 
+from bellm.common import BELLM_PROMPT, ENCODER_CONFIG, check_pooling
 from bellm.losses import AnglELoss
-from bellm.train_data import BELLM_PROMPT, TrainData, prompt_token_ids, read_train_data
+from bellm.train_data import TrainData, prompt_token_ids, read_train_data
 
-__all__ = ["TrainConfig", "train", "batch_loss", "embed_packed", "add_cli_arguments", "cli_main"]
+__all__ = ["TrainConfig", "train", "batch_loss", "embed_packed"]
 
-ENCODER_CONFIG = "bellm_encoder.json"  # the file name bellm.encoder.Encoder reads
+logger = logging.getLogger(__name__)
+
 RUN_CONFIG = "run_config.json"
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.pt"
@@ -323,9 +324,8 @@ def _prepare_output(config: TrainConfig, rank: int) -> Path | None:
             elif p.exists():
                 p.unlink()
         if foreign:
-            print(
-                f"bellm train: --overwrite left files it does not own in {out}: {', '.join(foreign)}",
-                file=sys.stderr,
+            logger.warning(
+                "bellm train: --overwrite left files it does not own in %s: %s", out, ", ".join(foreign)
             )
     return None
 
@@ -449,8 +449,7 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
     if config.resume and config.overwrite:
         raise ValueError("pass --resume or --overwrite, not both")
-    if config.pooling not in ("last", "mean", "first"):
-        raise ValueError(f"pooling must be 'last', 'mean' or 'first', got {config.pooling!r}")
+    check_pooling(config.pooling)
     if config.eval_steps and not config.eval_data:
         raise ValueError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
 
@@ -670,47 +669,3 @@ def train(config: TrainConfig) -> dict:
         "best_step": best_step,
         "output_dir": str(out),
     }
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """``bellm train`` options: one per :class:`TrainConfig` field (``--from-layer`` for ``from_layer``)."""
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="triplets (anchor/text, positive, negative) or scored pairs "
-        "(sentence1, sentence2, score): .tsv, .tsv.gz or .jsonl",
-    )
-    parser.add_argument(
-        "--output", required=True, dest="output_dir", help="run directory (adapter, checkpoints)"
-    )
-    defaults = TrainConfig(data="", output_dir="")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "output_dir"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
-        elif f.name in ("max_steps", "max_examples", "eval_max_pairs", "max_grad_norm"):
-            kind = float if f.name == "max_grad_norm" else int
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default}")
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default!r}")
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    result = train(config)
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":  # python -m bellm train ...
-    p = argparse.ArgumentParser(prog="bellm train")
-    add_cli_arguments(p)
-    raise SystemExit(cli_main(p.parse_args()))

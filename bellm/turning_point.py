@@ -7,25 +7,26 @@ x 100 of cosine similarity against gold scores). ``scores[i]`` belongs to ``hidd
 the embedding output, ``i = l`` the output of decoder layer ``l - 1``, ``i = L`` (``L = num_hidden_layers``)
 the last layer's.
 
-**Like with like** (findings.md #2): transformers' last hidden state is after the model's final norm while the
-others are not. With ``layer_norm="final"`` (default) the final norm module is applied to *every* layer's
-hidden states before pooling, so each point is "what the embedding would be if the model stopped after that
-layer"; the last point then equals the causal model's ordinary embedding. With ``layer_norm="none"`` no layer
-is normed: the last layer's state is taken *before* the final norm (captured with a forward hook on the norm),
-so again all points are alike.
+**Like with like** (docs/bidirectional.md, section 2): transformers' last hidden state is after the model's final norm
+while the others are not. With ``layer_norm="final"`` (default) the final norm module is applied to *every* layer's
+hidden states before pooling, so each point is "what the embedding would be if the model stopped after that layer";
+the last point then equals the causal model's ordinary embedding. With ``layer_norm="none"`` no layer is normed: the
+last layer's state is taken *before* the final norm (captured with a forward hook on the norm), so again all points
+are alike.
 
-**Undefined points**: a layer whose cosines are all equal (layer 0's last token under the BeLLM prompt is
-always the closing ``"``, so every sentence gets the same vector) has no Spearman: ``nan`` here, ``null`` in
-JSON, "undefined" in print and a gap in the plot. It never crashes and is never chosen as the turning point.
+**Undefined points** (docs/bidirectional.md, section 3): a layer whose cosines are all equal (layer 0's last token
+under the BeLLM prompt is always the closing ``"``, so every sentence gets the same vector) has no Spearman: ``nan``
+here, ``null`` in JSON, "undefined" in print and a gap in the plot. It never crashes and is never chosen as the
+turning point.
 
 **Turning point** (:func:`pick_turning_point`): smooth the defined scores with a centred moving average over
 ``smooth`` layers (default 1 = no smoothing; windows clipped at the ends, undefined layers skipped); the
 turning point ``t`` is the layer with the maximum smoothed score, the *earliest* such layer on ties. The curve
 "drops after ``t``" by ``drop = smoothed[t] - smoothed[L]`` (0 when ``t = L``: no turning point inside the
 stack, the last layer is best). The suggested ``from_layer`` is ``t``: decoder layers ``t .. L-1`` (those
-after the peak) become bidirectional, and ``from_layer = L`` means none. Note (findings.md #1): with
-last-token pooling, ``from_layer = L - 1`` gives exactly the causal embedding, so ``t >= L - 1`` means
-"bidirectionality cannot change this model's embedding without training"; the result says so in
+after the peak) become bidirectional, and ``from_layer = L`` means none. With last-token pooling,
+``from_layer = L - 1`` gives exactly the causal embedding (docs/bidirectional.md, section 1), so ``t >= L - 1``
+means "bidirectionality cannot change this model's last-token embedding, trained or not"; the result says so in
 ``same_as_causal``.
 
 **Sweep** (:func:`sweep_from_layer`): for each candidate ``k``, patch the model with ``from_layer=k``, encode
@@ -35,9 +36,7 @@ the same pairs with :class:`bellm.encoder.Encoder` and score the final embedding
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bellm.common import BELLM_PROMPT, format_score, normalize_whitespace, resolve_prompt
 from bellm.evaluate import spearman_cosine, to_jsonable
 from bellm.sts_data import STSPairs, load_sts
 
@@ -57,11 +57,8 @@ __all__ = [
     "pick_turning_point",
     "sweep_from_layer",
     "plot_curve",
-    "add_cli_arguments",
-    "cli_main",
 ]
 
-BELLM_PROMPT = 'The representative word for sentence {text} is:"'
 LAYER_NORMS = ("final", "none")
 _NORM_DOC = {
     "final": "the model's final norm applied to every layer's hidden states "
@@ -95,8 +92,8 @@ class TurningPoint:
 
     @property
     def same_as_causal(self) -> bool | None:
-        """True when patching from the suggested layer cannot change a last-token embedding (findings.md
-        #1)."""
+        """True when patching from the suggested layer cannot change a last-token embedding
+        (docs/bidirectional.md, section 1)."""
         if self.turning_point is None:
             return None
         return self.info.get("pooling") == "last" and self.turning_point >= self.num_layers - 1
@@ -140,13 +137,9 @@ class TurningPoint:
         lines = ["layer  score  " + ("sweep(from_layer=k)" if self.sweep else "")]
         for i, s in enumerate(self.scores):
             mark = "  <- turning point" if i == self.turning_point else ""
-            sw = f"  {_fmt(self.sweep[i])}" if i in self.sweep else ""
-            lines.append(f"{i:5d}  {_fmt(s):>9}{sw}{mark}")
+            sw = f"  {format_score(self.sweep[i])}" if i in self.sweep else ""
+            lines.append(f"{i:5d}  {format_score(s):>9}{sw}{mark}")
         return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str:
-    return "undefined" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,24 +172,6 @@ def _as_pairs(data, max_pairs: int | None, seed: int, data_dir, source: str) -> 
             f"need at least 2 sentence pairs to compute a Spearman correlation, got {len(pairs)}"
         )
     return pairs
-
-
-def _normalize(sentence: str) -> str:
-    return " ".join(sentence.split())  # SentEval whitespace normalisation, as in bellm.evaluate
-
-
-def resolve_prompt(prompt: str | None, pooling: str) -> str:
-    """The :class:`bellm.encoder.Encoder` rule: ``None`` = BeLLM's prompt for last pooling, none otherwise;
-    ``""`` = none; else a template containing ``{text}`` exactly once (ValueError otherwise)."""
-    if prompt is None:
-        return BELLM_PROMPT if pooling == "last" else "{text}"
-    if prompt == "":
-        return "{text}"
-    if not isinstance(prompt, str) or prompt.count("{text}") != 1:
-        raise ValueError(
-            f"prompt must contain the placeholder {{text}} exactly once, got {prompt!r}; '' for none"
-        )
-    return prompt
 
 
 @contextlib.contextmanager
@@ -275,7 +250,7 @@ def layer_embeddings(
             "model "
             "whose hidden states can all be given the same norm treatment"
         )
-    texts = [template.replace("{text}", _normalize(s)) for s in sentences]
+    texts = [template.replace("{text}", normalize_whitespace(s)) for s in sentences]
     kw = {"truncation": True, "max_length": max_length} if max_length else {}
     ids = tokenizer(texts, add_special_tokens=True, **kw)["input_ids"]
     if any(len(x) == 0 for x in ids):
@@ -476,10 +451,10 @@ def sweep_from_layer(
     pairs = _as_pairs(data, max_pairs, seed, data_dir, source)
     num_layers = int(model.config.num_hidden_layers)
     ks = _candidates(num_layers, from_layers, stride)
-    unique = list(dict.fromkeys(_normalize(s) for s in pairs.sentences1 + pairs.sentences2))
+    unique = list(dict.fromkeys(normalize_whitespace(s) for s in pairs.sentences1 + pairs.sentences2))
     index = {s: i for i, s in enumerate(unique)}
-    i1 = [index[_normalize(s)] for s in pairs.sentences1]
-    i2 = [index[_normalize(s)] for s in pairs.sentences2]
+    i1 = [index[normalize_whitespace(s)] for s in pairs.sentences1]
+    i2 = [index[normalize_whitespace(s)] for s in pairs.sentences2]
     kwargs = {"show_progress_bar": False}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
@@ -503,7 +478,7 @@ def sweep_from_layer(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Plot and CLI
+# Plot
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -546,75 +521,3 @@ def plot_curve(result: TurningPoint, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="local model directory or .gguf file (default: the real SmolLM2-135M-Instruct GGUF)",
-    )
-    parser.add_argument("--output", default="turning-point", help="output directory for the JSON and PNG")
-    parser.add_argument("--pooling", default="last", choices=("last", "mean", "first"))
-    parser.add_argument(
-        "--prompt",
-        default=None,
-        help="prompt template with {text}; '' for none (default: BeLLM's for last pooling)",
-    )
-    parser.add_argument("--layer-norm", default="final", choices=LAYER_NORMS)
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window over layers (1 = none)")
-    parser.add_argument(
-        "--max-pairs", type=int, default=None, help="sample of STS-B dev pairs (default: all 1500)"
-    )
-    parser.add_argument("--raw", action="store_true", help="original cased STS-B text instead of SentEval's")
-    parser.add_argument("--data-dir", default=None, help="folder holding sts/ (default: shared/data)")
-    parser.add_argument("--from-layers", type=int, nargs="+", default=None, help="sweep candidates k")
-    parser.add_argument("--stride", type=int, default=None, help="sweep every stride-th k (default L//10)")
-    parser.add_argument("--no-sweep", action="store_true", help="only the one-pass per-layer curve")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--device", default=None)
-
-
-def cli_main(args) -> int:
-    from bellm.models import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
-    prompt = args.prompt
-    source = "raw" if args.raw else "senteval"
-    result = find_turning_point(
-        model,
-        tokenizer,
-        prompt=prompt,
-        pooling=args.pooling,
-        layer_norm=args.layer_norm,
-        smooth=args.smooth,
-        max_pairs=args.max_pairs,
-        data_dir=args.data_dir,
-        source=source,
-        batch_size=args.batch_size,
-    )
-    if not args.no_sweep:
-        result.sweep = sweep_from_layer(
-            model,
-            tokenizer,
-            from_layers=args.from_layers,
-            stride=args.stride,
-            prompt=prompt,
-            pooling=args.pooling,
-            max_pairs=args.max_pairs,
-            data_dir=args.data_dir,
-            source=source,
-            batch_size=args.batch_size,
-        )
-    json_path, png_path = result.save(args.output)
-    print(result.format())
-    print(f"wrote {json_path} and {png_path}")
-    k = result.suggested_from_layer
-    note = (
-        " (with last-token pooling this equals the causal model: findings.md #1)"
-        if result.same_as_causal
-        else ""
-    )
-    print(f"turning point: layer {k} of {result.num_layers}; suggested from_layer={k}{note}")
-    return 0

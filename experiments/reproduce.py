@@ -6,7 +6,7 @@ RESULTS.md.
     python experiments/reproduce.py --report          # only regenerate RESULTS.md from the JSON results
     python experiments/reproduce.py --smoke --output /tmp/smoke   # tiny version for CI (minutes)
 
-The claims (BeLLM, Li & Li 2024; numbers in ``/work/shared/notes/peers.md`` (c)): (a) a causal LLM has a
+The claims (BeLLM, Li & Li 2024, with the paper's numbers): (a) a causal LLM has a
 *turning point*, a layer after which its sentence embeddings get worse on STS; (b) making the attention layers
 after it bidirectional and training with AnglE beats the same model kept causal (86.29 vs 85.96 average on
 STS12-16, STS-B, SICK-R with LLaMA-2-7B).
@@ -20,14 +20,15 @@ exists; training resumes from its own checkpoints, evaluation from a persisted e
 2. ``plan``: measured encode throughput (sentences/s on the evaluation sentences) and training step time; the
    full run's wall-time estimate (``--plan`` prints it and stops).
 3. ``turning_point``: :func:`bellm.find_turning_point` on the *untrained, causal* model (STS-B **dev**, never
-   the test sets; the final norm applied to every layer, findings #2; constant layers undefined, findings #4)
+   the test sets; the final norm applied to every layer and constant layers undefined: docs/bidirectional.md, sections 2
+   and 3)
    and a :func:`bellm.sweep_from_layer` over the ``from_layer`` values the arms use. Chooses ``k`` for BeLLM
    (below).
-4. ``untrained-<row>``: :func:`bellm.evaluate_sts` (paper protocol, seven sets; on the CPU preset 300 sampled
-   pairs per set, the same for every row, ``--eval-max-pairs 0`` for every pair) of the untrained model:
-   causal, bidirectional from ``k``, all-bidirectional, the measured identity row ``from_layer=-1`` +
-   last-token pooling, which equals causal exactly (findings #1) and is therefore shown, not trained, and
-   mean pooling causal vs ``from_layer=-1`` (the last layer's bidirectionality alone, untrained).
+4. ``untrained-<row>``: :func:`bellm.evaluate_sts` (paper protocol, seven sets; on the CPU preset 300 sampled pairs
+   per set, the same for every row, ``--eval-max-pairs 0`` for every pair) of the untrained model: causal,
+   bidirectional from ``k``, all-bidirectional, the measured identity row ``from_layer=-1`` + last-token pooling,
+   which equals causal exactly (docs/bidirectional.md, section 1) and is therefore shown, not trained, and mean
+   pooling causal vs ``from_layer=-1`` (the last layer's bidirectionality alone, untrained).
 5. ``train-<arm>-seed<s>`` / ``eval-<arm>-seed<s>``: :func:`bellm.train` with one budget for every arm (same
    data, steps, batch, LoRA, learning rate, seed) and :func:`bellm.evaluate_sts` of
    ``Encoder.from_pretrained(base, adapter=..., from_layer=..., pooling=...)``. Arms: causal; BeLLM from
@@ -38,12 +39,12 @@ exists; training resumes from its own checkpoints, evaluation from a persisted e
    report adds a paired bootstrap over the evaluated test pairs (:func:`pair_bootstrap`); the others with the
    first seed.
 
-Choosing ``k``: the turning point ``t`` (earliest layer with the best dev Spearman,
-:func:`bellm.find_turning_point`) when ``t <= L-2``. When ``t >= L-1`` bidirectionality from ``t`` cannot
-change a last-token embedding (findings #1), so ``k`` is the best-scoring layer among ``0..L-2`` of the same
-curve; the report states which rule applied.
+Choosing ``k``: the turning point ``t`` (earliest layer with the best dev Spearman, :func:`bellm.find_turning_point`)
+when ``t <= L-2``. When ``t >= L-1`` bidirectionality from ``t`` cannot change a last-token embedding
+(docs/bidirectional.md, section 1), so ``k`` is the best-scoring layer among ``0..L-2`` of the same curve; the report
+states which rule applied.
 
-Training data: the real SNLI triplets (``shared/data/nli/snli_devtest_triplets.tsv.gz``, 6,339 (anchor,
+Training data: the real SNLI triplets (``nli/snli_devtest_triplets.tsv.gz`` in the data directory, 6,339 (anchor,
 entailment, contradiction) triplets), the paper's kind of data (NLI only, AnglE's triplet format). STS-B train
 pairs are *not* added: the paper trains on NLI only, STS-B is one of the seven evaluation tasks (in-domain
 supervision would inflate it relative to the paper's protocol), and the same data goes to every arm anyway.
@@ -77,16 +78,17 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
     import bellm
 from bellm._io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
-from bellm.evaluate import _normalize_ws as normalize_ws  # noqa: E402
+from bellm.common import BELLM_PROMPT, normalize_whitespace  # noqa: E402
+from bellm.common import format_score as _fmt  # noqa: E402
 from bellm.evaluate import to_jsonable  # noqa: E402
 from bellm.sts_data import TASKS, load_sts  # noqa: E402
-from bellm.train_data import BELLM_PROMPT  # noqa: E402
 from bellm.trainer import TrainConfig  # noqa: E402
 from bellm.trainer import train as train_arm  # noqa: E402
 
+DOC = "[docs/bidirectional.md](docs/bidirectional.md)"  # the report links the project's own page
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
 
-# Paper numbers, for scale only (peers.md (c)): Spearman x 100, SentEval protocol, LLaMA-2-7B.
+# Paper numbers, for scale only (the BeLLM paper, Li & Li 2024): Spearman x 100, SentEval protocol, LLaMA-2-7B.
 PAPER_ROWS = {
     "BeLLM-LLaMA-2-7B (last layer bidirectional, NLI)": [
         78.36,
@@ -164,7 +166,7 @@ class Settings:
         return cls(**base)
 
 
-PAPER_PRESET = dict(  # peers.md (c), stage 1, on one GPU: 256 x grad-accum 32 = 8192 triplets per step
+PAPER_PRESET = dict(  # the paper's stage 1, on one GPU: 256 x grad-accum 32 = 8192 triplets per step
     dtype="bf16",
     eval_max_pairs=None,  # every pair: the paper protocol
     steps=None,
@@ -372,7 +374,7 @@ class Run:
         for t in TASKS:
             pairs = load_sts(t, "test", data_dir=self.data_dir).sample(self.settings.eval_max_pairs, 0)
             for sent in pairs.sentences1 + pairs.sentences2:
-                seen[normalize_ws(sent)] = None
+                seen[normalize_whitespace(sent)] = None
         return list(seen)
 
     # -- the design (arms) -------------------------------------------------------------------------------
@@ -673,7 +675,7 @@ def choose_depths(scores: list[float], turning_point: int | None, num_layers: in
         k = int(np.nanargmax(below))
         rule = (
             f"the turning point is layer {turning_point} >= L-1, where bidirectionality cannot change a "
-            f"last-token embedding (findings #1); k = the best dev layer among 0..{L - 2}"
+            f"last-token embedding (docs/bidirectional.md, section 1); k = the best dev layer among 0..{L - 2}"
         )
     kq, qrule = L - L // 4, "upper quarter of the layers (L - L//4)"
     if kq == k:
@@ -733,10 +735,6 @@ def _threads() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def _fmt(x) -> str:
-    return "undefined" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.2f}"
 
 
 def _hms(seconds: float) -> str:
@@ -878,7 +876,7 @@ def reading(headline: dict) -> list[str]:
         acting = L - k - 1
         lines.append(
             f"Why the difference can only be small here: BeLLM makes layers {k}..{L - 1} bidirectional; with "
-            "last-token pooling the last of them cannot change the embedding (findings #1), so only "
+            f"last-token pooling the last of them cannot change the embedding ({DOC}, section 1), so only "
             f"{acting} layer(s) of {L} can act on it."
         )
     boot = headline.get("bootstrap")
@@ -960,8 +958,8 @@ def pair_bootstrap(run: Run, d: dict, seeds: list[int], n_boot: int = 1000, rng_
     total = np.zeros(n_boot)
     for task in TASKS:
         pairs = load_sts(task, "test", data_dir=run.data_dir).sample(run.settings.eval_max_pairs, 0)
-        s1 = [normalize_ws(x) for x in pairs.sentences1]  # the keys evaluate_sts encoded under
-        s2 = [normalize_ws(x) for x in pairs.sentences2]
+        s1 = [normalize_whitespace(x) for x in pairs.sentences1]  # the keys evaluate_sts encoded under
+        s2 = [normalize_whitespace(x) for x in pairs.sentences2]
         gold = np.asarray(pairs.scores, dtype=np.float64)
         idx = rng.integers(0, len(gold), size=(n_boot, len(gold)))  # the same resamples for every arm
         for (arm, _seed), cache in caches.items():
@@ -1129,7 +1127,7 @@ def _tables(run: Run, d: dict) -> list[str]:
             lines.append(_row(f"**{a['label']}, mean of {len(per_seed)} seeds**", mean, avg))
     lines += [
         "",
-        "For scale only (LLaMA-2-7B, full AllNLI, 4 GPUs; peers.md (c)), not comparable in size or data:",
+        "For scale only (LLaMA-2-7B, full AllNLI, 4 GPUs; the BeLLM paper), not comparable in size or data:",
         "",
     ] + _table_head()
     for name, vals in PAPER_ROWS.items():
@@ -1148,7 +1146,7 @@ def _other_readings(run: Run, d: dict) -> list[str]:
         ]
         if diffs:
             out.append(
-                "- Identity (findings #1): `from_layer=-1` with last-token pooling differs from "
+                f"- Identity ({DOC}, section 1): `from_layer=-1` with last-token pooling differs from "
                 "causal by at "
                 f"most {max(diffs):.4f} points on any set, so it is the causal model and is not "
                 "trained as an "
@@ -1159,7 +1157,8 @@ def _other_readings(run: Run, d: dict) -> list[str]:
         out.append(
             f"- Untrained, all-bidirectional averages {_fmt(ub['average'])} vs causal {_fmt(c['average'])}; "
             f"bidirectional from k={d['k_bellm']}: {_fmt(ua['average']) if ua else 'not run'} "
-            "(findings #3: without training, bidirectionality low in the stack destroys the embedding)."
+            f"({DOC}, section 4: without training, bidirectionality low in the stack destroys "
+            "the embedding)."
         )
     cm, lm = run.done("untrained-causal-mean"), run.done("untrained-last-layer-mean")
     if cm and lm and cm["average"] is not None and lm["average"] is not None:
@@ -1238,7 +1237,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)"
     )
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--data-dir", default=None, help="folder holding sts/ and nli/ (default: shared/data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding sts/ and nli/ (default: $BELLM_DATA_DIR; else shared/data beside the working "
+        "directory or the repository)",
+    )
     p.add_argument(
         "--train-data", default=None, help="triplets file (default: <data-dir>/nli/snli_devtest...)"
     )

@@ -66,7 +66,7 @@ def test_patched_middle_layer_packed_equals_padded(tok):
 
 
 def test_last_layer_bidirectional_equals_causal_for_last_pooling(tok):
-    """findings #1: from_layer = -1 cannot change a last-token embedding."""
+    """from_layer = -1 cannot change a last-token embedding (docs/bidirectional.md, section 1)."""
     model = _model()
     a = _encoder(model, tok, from_layer=-1).encode(SENTENCES)
     b = _encoder(model, tok).encode(SENTENCES)

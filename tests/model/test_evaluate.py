@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from bellm.evaluate import cli_main, evaluate_sts, format_markdown, spearman_cosine, to_jsonable
+from bellm.evaluate import evaluate_sts, format_markdown, spearman_cosine, to_jsonable
 from bellm.sts_data import TASKS, load_sts
 
 
@@ -158,7 +158,7 @@ def test_cli_eval_on_a_tiny_saved_model(tmp_path, capsys):
     pytest.importorskip("bellm.encoder")
     import argparse
 
-    from bellm.evaluate import add_cli_arguments
+    from bellm.cli.eval import add_arguments, run
     from tests.model.test_turning_point import char_tokenizer
     from tests.tiny_models import tiny_model
 
@@ -167,7 +167,7 @@ def test_cli_eval_on_a_tiny_saved_model(tmp_path, capsys):
     tiny_model("llama", num_layers=2).save_pretrained(model_dir)
     char_tokenizer().save_pretrained(model_dir)
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_arguments(parser)
     out = tmp_path / "res" / "results.json"
     args = parser.parse_args(
         [
@@ -186,7 +186,7 @@ def test_cli_eval_on_a_tiny_saved_model(tmp_path, capsys):
             str(out),
         ]
     )
-    assert cli_main(args) == 0
+    assert run(args) == 0
     printed = capsys.readouterr().out
     assert "| from_layer=1 | " in printed and "SICK-R" in printed
     saved = json.loads(out.read_text())
@@ -194,6 +194,6 @@ def test_cli_eval_on_a_tiny_saved_model(tmp_path, capsys):
     assert saved["model"]["from_layer"] == 1
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temporary file
     args = parser.parse_args(["--model", str(model_dir), "--tasks", "STS99"])
-    assert cli_main(args) == 2
+    assert run(args) == 2
     assert "valid tasks" in capsys.readouterr().err
     assert TASKS[0] == "STS12"

@@ -170,7 +170,7 @@ def test_bidirectionality_is_real(fresh, from_layer):
 
 
 def test_from_layer_minus_one_is_a_no_op_for_the_last_token(llama, fresh):
-    """findings.md #1: with from_layer=-1 the last real token's final state equals the causal model's."""
+    """With from_layer=-1 the last real token's final state equals the causal model's (docs/bidirectional.md)."""
     sentences = random_sentences([7, 5, 3], seed=4)
     ids, mask = padded_batch(sentences, ["right", "left", "right"])
     causal = hidden(llama, input_ids=ids, attention_mask=mask).last_hidden_state

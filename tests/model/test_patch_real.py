@@ -69,7 +69,7 @@ def test_real_model_patched_and_unpatched_invariance(smollm2):
             if from_layer == n:  # nothing bidirectional: the causal model
                 for got, want in zip(alone, causal):
                     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-            elif from_layer == -1:  # findings.md #1: the last token is unchanged, the first is not
+            elif from_layer == -1:  # docs/bidirectional.md, section 1: the last token is unchanged, the first is not
                 for got, want in zip(alone, causal):
                     torch.testing.assert_close(got[-1], want[-1], atol=1e-4, rtol=1e-4)
                 first = [(g[0] - w[0]).abs().max().item() for g, w in zip(alone, causal) if len(g) > 1]

@@ -201,7 +201,7 @@ def test_sweep_matches_curve_and_restores_model(tok):
     assert sweep[3] == pytest.approx(curve.scores[3], abs=1e-4)  # k = L is causal: the curve's last point
     assert sweep[2] == pytest.approx(
         sweep[3], abs=1e-4
-    )  # findings.md #1: from_layer = L-1 == causal (last pooling)
+    )  # docs/bidirectional.md, section 1: from_layer = L-1 == causal
     assert abs(sweep[0] - sweep[3]) > 1e-3  # all-bidirectional really changes the embedding
     assert getattr(model.config, "bellm", None) is None  # unpatched afterwards
     # A patched model keeps its patch across the curve and the sweep, and the curve still describes the causal
@@ -217,8 +217,8 @@ def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
     pytest.importorskip("bellm.encoder")
     import argparse
 
+    from bellm.cli.turning_point import add_arguments, run
     from bellm.models import default_data_dir
-    from bellm.turning_point import add_cli_arguments, cli_main
 
     try:
         data_dir = default_data_dir()
@@ -228,7 +228,7 @@ def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
     tiny_model("llama", num_layers=3).save_pretrained(model_dir)
     char_tokenizer().save_pretrained(model_dir)
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_arguments(parser)
     out = tmp_path / "tp"
     args = parser.parse_args(
         [
@@ -245,7 +245,7 @@ def test_cli_turning_point_on_a_tiny_saved_model(tmp_path, capsys):
             "3",
         ]
     )
-    assert cli_main(args) == 0
+    assert run(args) == 0
     printed = capsys.readouterr().out
     assert "turning point: layer" in printed and "suggested from_layer=" in printed
     saved = json.loads((out / "turning_point.json").read_text())

@@ -1,0 +1,77 @@
+"""The ``bellm`` command line: one module per subcommand, imported only when that subcommand runs.
+
+Each subcommand module (``bellm/cli/<name>.py``) has ``add_arguments(parser)`` and ``run(args) -> int`` and
+does nothing but parse arguments and call the library. :data:`COMMANDS` registers them; a new subcommand is
+one module plus one line there. ``bellm --help`` imports none of them, so it stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import NamedTuple
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+
+class Command(NamedTuple):
+    module: str  # the module with add_arguments(parser) and run(args)
+    help: str  # one line for `bellm --help`
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "bellm.cli.demo", "turning point + STS-B on the real SmolLM2-135M, no training"
+    ),
+    "encode": Command("bellm.cli.encode", "encode a .txt/.jsonl/.tsv file into resumable embedding shards"),
+    "eval": Command("bellm.cli.eval", "STS12-16, STS-B and SICK-R Spearman with the paper's protocol"),
+    "turning-point": Command(
+        "bellm.cli.turning_point", "per-layer STS curve and from_layer sweep; prints the chosen k"
+    ),
+    "train": Command(
+        "bellm.cli.train", "LoRA + AnglE training through the packed kernels, with checkpoint/resume"
+    ),
+}
+
+
+DESCRIPTION = "bellm: decoder LLMs as sentence encoders (BeLLM). `bellm COMMAND --help` lists its options."
+
+
+def build_parser(load: str | None = "all") -> argparse.ArgumentParser:
+    """The ``bellm`` parser. ``load``: the subcommand whose module is imported and whose options are added
+    (``"all"``: every one; ``None``: none, enough for ``bellm --help``)."""
+    parser = argparse.ArgumentParser(prog="bellm", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        if load in ("all", name):
+            module = importlib.import_module(command.module)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _configure_logging() -> None:
+    """bellm's progress and warnings (``logging.getLogger("bellm...")``) go to stderr, one plain line each."""
+    logger = logging.getLogger("bellm")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bellm`` console script and ``python -m bellm``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(load=chosen)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    _configure_logging()
+    return int(args._run(args) or 0)

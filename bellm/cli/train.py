@@ -1,0 +1,50 @@
+"""``bellm train``: LoRA + AnglE training (:func:`bellm.train`); one option per :class:`bellm.TrainConfig`
+field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+# TrainConfig fields whose default is None but whose values are numbers
+_OPTIONAL_NUMBERS = {"max_steps": int, "max_examples": int, "eval_max_pairs": int, "max_grad_norm": float}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--output`` and ``--<field>`` for every other TrainConfig field (``--from-layer`` for
+    ``from_layer``); booleans get ``--x/--no-x``."""
+    from bellm.trainer import TrainConfig
+
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="triplets (anchor/text, positive, negative) or scored pairs "
+        "(sentence1, sentence2, score): .tsv, .tsv.gz or .jsonl",
+    )
+    parser.add_argument(
+        "--output", required=True, dest="output_dir", help="run directory (adapter, checkpoints)"
+    )
+    defaults = TrainConfig(data="", output_dir="")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "output_dir"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name in _OPTIONAL_NUMBERS:
+            kind = _OPTIONAL_NUMBERS[f.name]
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default}")
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bellm.trainer import TrainConfig, train
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    print(json.dumps(train(config)))
+    return 0
