@@ -121,12 +121,16 @@ def open_text(path: str | os.PathLike):
 
 
 @contextlib.contextmanager
-def text_errors(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[None]:
+def text_errors(path: str | os.PathLike, error: type[Exception] | None = None) -> Iterator[None]:
     """Turn what goes wrong while reading ``path`` with :func:`open_text` into one-line ``error`` naming the file:
 
     invalid UTF-8 (with the line, found by a second pass over the raw bytes), a ``.gz`` file that is not gzip,
-    damaged or cut short. Other exceptions pass through.
+    damaged or cut short. ``error`` defaults to :class:`bellm.errors.DataFileError`. Other exceptions pass
+    through.
     """
+    from bellm.errors import DataFileError
+
+    error = error or DataFileError
     try:
         yield
     except UnicodeDecodeError as err:

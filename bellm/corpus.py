@@ -32,12 +32,16 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bellm._io import atomic_path, atomic_write_json, open_text, text_errors
+from bellm.errors import DataFileError, UsageError
 from bellm.run_record import check_same_run
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["encode_corpus", "load_embeddings", "read_rows", "rank_device"]
 
@@ -55,7 +59,7 @@ def _kind(path: Path) -> str:
         suffixes = suffixes[:-1]
     kind = suffixes[-1] if suffixes else ""
     if kind not in SUFFIXES:
-        raise ValueError(
+        raise UsageError(
             f"input {str(path)!r}: unsupported file type {kind or '(none)'!r}; use one of "
             f"{', '.join(SUFFIXES)} (optionally .gz)"
         )
@@ -83,16 +87,16 @@ def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                    raise DataFileError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
                 if not isinstance(obj, dict) or text_field not in obj:
                     keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
-                    raise ValueError(
+                    raise DataFileError(
                         f"{path}:{lineno}: no {text_field!r} field (found: {keys}); pass "
                         "text_field= / --field with the right key"
                     )
                 text = obj[text_field]
                 if not isinstance(text, str):
-                    raise ValueError(
+                    raise DataFileError(
                         f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string"
                     )
                 yield text
@@ -102,14 +106,14 @@ def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
             if header is None:
                 return
             if text_field not in header:
-                raise ValueError(
+                raise DataFileError(
                     f"{path}: no column {text_field!r} in the header (columns: {', '.join(header)}); "
                     "pass text_field= / --field with the right column"
                 )
             col = header.index(text_field)
             for lineno, row in enumerate(reader, 2):
                 if col >= len(row):
-                    raise ValueError(
+                    raise DataFileError(
                         f"{path}:{lineno}: {len(row)} columns, no {text_field!r} (column {col + 1})"
                     )
                 yield row[col]
@@ -148,6 +152,8 @@ def _shard_rows(path: Path, fmt: str) -> int | None:
 
 
 def _write_shard(path: Path, emb: torch.Tensor, start: int, fmt: str) -> None:
+    import torch
+
     emb = emb.detach().to("cpu", torch.float32).contiguous()
     with atomic_path(path) as tmp:
         if fmt == "safetensors":
@@ -221,7 +227,7 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(
+        raise UsageError(
             f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size"
         )
     return rank, world_size
@@ -248,14 +254,14 @@ def _barrier_if_distributed(world_size: int) -> bool:
 def check_output_dir(out: Path) -> None:
     """ValueError (one line) when ``out`` cannot be an output folder: a file, or not writable."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a file; pass a folder path for the shards")
+        raise UsageError(f"output {str(out)!r} is a file; pass a folder path for the shards")
     existing = out
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"output {str(out)!r}: {str(existing)!r} is a file, so the folder cannot be created")
+        raise UsageError(f"output {str(out)!r}: {str(existing)!r} is a file, so the folder cannot be created")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {str(existing)!r} is not writable; choose another --output")
+        raise UsageError(f"output folder {str(existing)!r} is not writable; choose another --output")
 
 
 def _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs) -> dict:
@@ -281,6 +287,8 @@ def _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, 
             encoder=encoder.config_dict(),
         )
         return record
+    import torch
+
     from bellm.common import check_pooling, resolve_prompt
     from bellm.models import resolve_dtype
 
@@ -321,7 +329,7 @@ def _previous_run(out: Path) -> dict | None:
         return previous
     shards = sorted(p.name for fmt in FORMATS for p in out.glob(f"shard-*.{fmt}")) if out.is_dir() else []
     if shards:
-        raise ValueError(
+        raise UsageError(
             f"{str(out)!r} holds shard files ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''}) "
             f"but no {RUN_FILE}, so bellm cannot tell which set-up wrote them and will not treat them as "
             "finished; write to a new output folder"
@@ -366,9 +374,9 @@ def encode_corpus(
     path = Path(input)
     out = Path(output_dir)
     if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
+        raise UsageError(f"shard_size must be an int >= 1, got {shard_size!r}")
     rank, world_size = _rank_world(rank, world_size)
     check_output_dir(out)
     if encoder is not None and encoder_kwargs:
@@ -439,6 +447,8 @@ def encode_corpus(
 def rank_device() -> str:
     """The device of this process: ``cuda:$LOCAL_RANK`` (torchrun's local rank, default 0) when CUDA is
     present, else ``cpu``."""
+    import torch
+
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return "cpu"

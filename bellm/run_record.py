@@ -22,6 +22,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from bellm.errors import DataFileError, UsageError
+
 __all__ = [
     "CorruptRecordError",
     "RunMismatchError",
@@ -39,12 +41,13 @@ _IRRELEVANT_PREFIXES = ("readme", "license", "licence", "notice", ".")
 _IRRELEVANT_SUFFIXES = (".md", ".gguf", ".lock")
 
 
-class RunMismatchError(ValueError):
-    """A resume (or rerun) whose set-up differs from the one recorded with the output."""
+class RunMismatchError(UsageError):
+    """A resume (or rerun) whose set-up differs from the one recorded with the output (a usage error: the
+    fix is another output folder)."""
 
 
-class CorruptRecordError(ValueError):
-    """A run record (or another file bellm wrote) that cannot be read."""
+class CorruptRecordError(DataFileError):
+    """A run record (or another file bellm wrote, such as a checkpoint) that cannot be read."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bellm._io import open_text, text_errors
 from bellm.common import BELLM_PROMPT
+from bellm.errors import DataFileError
 
 __all__ = ["DataError", "TrainData", "read_train_data", "prompt_token_ids", "BELLM_PROMPT"]
 
@@ -30,7 +31,7 @@ TRIPLET_COLUMNS = (("anchor", "text"), ("positive",), ("negative",))
 PAIR_COLUMNS = (("sentence1", "text1"), ("sentence2", "text2"), ("score", "label"))
 
 
-class DataError(ValueError):
+class DataError(DataFileError):
     """A training file that cannot be read: names the file, the line and what was expected."""
 
 
@@ -149,6 +150,16 @@ def read_train_data(path: str | os.PathLike, kind: str = "auto", limit: int | No
     return TrainData(kind=kind, texts=texts, scores=scores if kind == "pairs" else None, path=str(path))
 
 
+def prompt_template_check(prompt: str) -> str:
+    """``prompt`` itself when it is a str holding the placeholder ``{text}`` exactly once (every other brace is
+    literal text); TypeError / ValueError otherwise."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str template containing {{text}}, got {type(prompt).__name__}")
+    if prompt.count("{text}") != 1:
+        raise ValueError(f"prompt must contain the placeholder {{text}} exactly once, got {prompt!r}")
+    return prompt
+
+
 def prompt_token_ids(
     tokenizer, texts: Sequence[str], prompt: str = BELLM_PROMPT, max_length: int | None = 60
 ) -> list[list[int]]:
@@ -162,9 +173,7 @@ def prompt_token_ids(
     long sentences; here 60 is the same total budget, spent on the text.) Raises ValueError when the prompt
     alone does not fit in ``max_length``.
     """
-    if prompt.count("{text}") != 1:
-        raise ValueError(f"prompt must contain the placeholder {{text}} exactly once, got {prompt!r}")
-    prefix, suffix = prompt.split("{text}")
+    prefix, suffix = prompt_template_check(prompt).split("{text}")
     prompted = [prefix + t + suffix for t in texts]
     enc = tokenizer(prompted, add_special_tokens=True, return_offsets_mapping=max_length is not None)
     out = []

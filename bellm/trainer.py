@@ -45,13 +45,14 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bellm.common import BELLM_PROMPT, ENCODER_CONFIG, check_pooling
+from bellm.common import ENCODER_CONFIG, check_pooling
+from bellm.errors import UsageError
 from bellm.losses import AnglELoss
+from bellm.train_config import TrainConfig
 from bellm.train_data import TrainData, prompt_token_ids, read_train_data
 
 __all__ = ["TrainConfig", "train", "batch_loss", "embed_packed"]
@@ -90,57 +91,6 @@ OUTPUTS_KEY = (
     "bellm_outputs"  # run_config.json: the names bellm train writes in its folder (--overwrite removes these)
 )
 IDENTITY_KEY = "identity"  # run_config.json: what the result depends on besides the config (bellm.run_record)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs. ``batch_size`` is examples per micro-batch per process; one optimizer step sees
-    ``batch_size * grad_accum * world_size`` examples. ``max_steps`` (optimizer steps) overrides
-    ``epochs``."""
-
-    data: str
-    output_dir: str
-    model: str | None = None  # local dir or .gguf; None = the real SmolLM2-135M GGUF
-    gguf_file: str | None = None
-    from_layer: int = -1  # layers >= k bidirectional; negative counts from the end
-    prompt: str = BELLM_PROMPT
-    pooling: str = "last"  # "last" (BeLLM) | "mean" | "first": how a text's embedding is pooled
-    max_length: int = 60  # tokens per prompted text, prompt included (the paper's 60)
-    data_kind: str = "auto"  # "triplets" | "pairs" | "auto"
-    max_examples: int | None = None
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.1
-    cosine_w: float = 0.0
-    ibn_w: float = 20.0
-    angle_w: float = 1.0
-    cosine_tau: float = 20.0
-    ibn_tau: float = 20.0
-    angle_tau: float = 20.0
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 80
-    scheduler: str = "linear"  # "linear" | "cosine" | "constant"
-    max_grad_norm: float | None = 1.0
-    seed: int = 42
-    dtype: str | None = None  # None: bf16 weights on CUDA, fp32 on CPU
-    load_in_4bit: bool = False
-    bf16_autocast: bool = True  # on CUDA only
-    gradient_checkpointing: bool = False
-    device: str | None = None
-    eval_data: str | None = None  # scored pairs (e.g. STS-B dev); Spearman of cosine every eval_steps
-    eval_steps: int = 0
-    eval_max_pairs: int | None = None
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
 
 
 # ---------------------------------------------------------------------------- forward + loss
@@ -596,16 +546,30 @@ def _schedule(name: str, optimizer, warmup: int, total: int):
 
 
 def _check_config(config: TrainConfig) -> None:
+    """UsageError (a ValueError) for a setting that cannot work, before anything is read or loaded."""
+    from bellm.models import num_layers_of
+    from bellm.train_data import prompt_template_check
+
     for name in ("batch_size", "grad_accum", "epochs", "max_length", "lora_r", "logging_steps"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+            raise UsageError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.max_steps is not None and config.max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
+        raise UsageError(f"max_steps must be >= 1, got {config.max_steps}")
     if config.resume and config.overwrite:
-        raise ValueError("pass --resume or --overwrite, not both")
-    check_pooling(config.pooling)
+        raise UsageError("pass --resume or --overwrite, not both")
+    try:
+        check_pooling(config.pooling)
+        prompt_template_check(config.prompt)
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
     if config.eval_steps and not config.eval_data:
-        raise ValueError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
+        raise UsageError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
+    n = num_layers_of(config.model, config.gguf_file)  # from the files, without loading the model
+    if n is not None and not -n <= config.from_layer <= n:
+        raise UsageError(
+            f"from_layer = {config.from_layer} is out of range for this {n}-layer model; use "
+            f"0..{n} or -{n}..-1 (counted from the end)"
+        )
 
 
 def train(config: TrainConfig) -> dict:

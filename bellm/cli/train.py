@@ -14,7 +14,7 @@ _OPTIONAL_NUMBERS = {"max_steps": int, "max_examples": int, "eval_max_pairs": in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--output`` and ``--<field>`` for every other TrainConfig field (``--from-layer`` for
     ``from_layer``); booleans get ``--x/--no-x``."""
-    from bellm.trainer import TrainConfig
+    from bellm.train_config import TrainConfig
 
     parser.add_argument(
         "--data",
@@ -41,8 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"default {default!r}")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for a bad option or path, in milliseconds, before torch is imported or a model loaded (the
+    library checks the rest, still before the model loads)."""
+    from bellm.cli import _checks
+
+    _checks.check_existing("--data", args.data, kind="file")
+    _checks.check_existing("--eval-data", args.eval_data, kind="file")
+    _checks.check_existing("--model", args.model)
+    _checks.check_from_layer(args.from_layer, args.model, args.gguf_file)
+    _checks.check_output_dir("--output", args.output_dir)
+
+
 def run(args: argparse.Namespace) -> int:
-    from bellm.trainer import TrainConfig, train
+    check_arguments(args)
+    from bellm.train_config import TrainConfig
+    from bellm.trainer import train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -192,3 +192,21 @@ def test_unusable_output_paths_fail_before_the_model_loads(model_dir, data, tmp_
         train(_config(model_dir, data, tmp_path / "afile"))
     with pytest.raises(NotADirectoryError, match="is a file"):
         train(_config(model_dir, data, tmp_path / "afile" / "run"))
+
+
+def test_eval_labels_rows_by_what_ran(full_run, model_dir):
+    """On the previous main `bellm eval --adapter run/` encoded at the trained from_layer but labelled the row
+    "causal" and wrote "from_layer": null (it read the command line, not the Encoder)."""
+    import argparse
+
+    from bellm.cli.eval import describe_encoder
+    from bellm.encoder import Encoder
+
+    for adapter in (full_run, full_run / "checkpoints" / "step-2"):
+        enc = Encoder.from_pretrained(model_dir, adapter=adapter, device="cpu")
+        args = argparse.Namespace(model=str(model_dir), adapter=str(adapter), from_layer=None)
+        label, record = describe_encoder(enc, args)
+        assert label == f"from_layer={K} + adapter"
+        assert record["from_layer"] == K and record["num_layers"] == 2 and record["adapter"] == str(adapter)
+    plain = Encoder.from_pretrained(model_dir, device="cpu")
+    assert describe_encoder(plain, argparse.Namespace(model=None, adapter=None, from_layer=None))[0] == "causal"
