@@ -137,6 +137,36 @@ def _saved_bellm_config(model) -> dict:
     return dict(vars(record)) if hasattr(record, "__dict__") else {}
 
 
+def _check_adapter_files(adapter: str | os.PathLike) -> None:
+    """FileNotFoundError for a missing adapter folder; :class:`bellm.errors.DataFileError` (one line, naming
+    the file) for an unreadable ``adapter_config.json`` or a damaged ``adapter_model.safetensors`` header."""
+    from safetensors import safe_open
+
+    from bellm.errors import DataFileError
+
+    path = Path(adapter)
+    if not path.is_dir():
+        raise FileNotFoundError(f"adapter path {str(path)!r} does not exist; pass a directory saved by peft")
+    config = path / "adapter_config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataFileError(
+            f"{config}: not a readable adapter config ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+            "pass a folder saved by peft or bellm train"
+        ) from None
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                list(f.keys())
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type; named here
+            raise DataFileError(
+                f"{weights}: damaged adapter weights ({' '.join(str(err).split())[:160]}); use another "
+                "checkpoint of the run (checkpoints/step-N) or retrain"
+            ) from None
+
+
 def _apply_adapter(model, adapter: str | os.PathLike):
     """Load a peft adapter onto ``model`` and merge it (inference only). Clear errors for missing /
     mismatched ones."""
@@ -256,10 +286,18 @@ class Encoder:
         from bellm.models import load_model_and_tokenizer
 
         check_pooling(pooling)
+        from bellm.run_record import read_record
+
+        if adapter is not None:
+            _check_adapter_files(adapter)  # before the (long) model load
         saved = {}
         for directory in (adapter, model_name_or_path):
             if directory is not None and (Path(directory) / ENCODER_CONFIG).is_file():
-                saved = json.loads((Path(directory) / ENCODER_CONFIG).read_text())
+                saved = read_record(
+                    Path(directory) / ENCODER_CONFIG,
+                    what="encoder settings file",
+                    fix="restore it, or delete it and pass from_layer / pooling / prompt / max_length yourself",
+                )
                 break
         model, tokenizer = load_model_and_tokenizer(
             model_name_or_path,

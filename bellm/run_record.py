@@ -136,22 +136,23 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def read_record(path: str | os.PathLike) -> dict:
-    """The JSON object in ``path``; :class:`CorruptRecordError` (one line, naming the file and the fix) when it
-    is not valid JSON or not an object."""
+def read_record(
+    path: str | os.PathLike,
+    *,
+    what: str = "run record",
+    fix: str = "bellm cannot tell what set-up wrote this output, so write to a new output folder",
+) -> dict:
+    """The JSON object in ``path``; :class:`CorruptRecordError` (one line naming the file, ``what`` it is and
+    ``fix``) when it is not valid JSON or not an object."""
     path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         where = f" (line {err.lineno}, column {err.colno}: {err.msg})" if hasattr(err, "lineno") else ""
-        raise CorruptRecordError(
-            f"{path}: damaged run record, not valid JSON{where}; bellm cannot tell what set-up wrote this "
-            "output, so write to a new output folder"
-        ) from None
+        raise CorruptRecordError(f"{path}: damaged {what}, not valid JSON{where}; {fix}") from None
     if not isinstance(record, dict):
         raise CorruptRecordError(
-            f"{path}: damaged run record (a JSON {type(record).__name__}, not an object); write to a new "
-            "output folder"
+            f"{path}: damaged {what} (a JSON {type(record).__name__}, not an object); {fix}"
         )
     return record
 

@@ -169,3 +169,34 @@ def test_real_gguf_model_saves_and_loads_back_identically(real_encoder, tmp_path
 
     to_sentence_transformer(real_encoder).save(str(tmp_path / "st"))
     np.testing.assert_array_equal(to_sentence_transformer(tmp_path / "st").encode(s), want)
+
+
+def test_damaged_adapter_or_encoder_config_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    """On the previous main a truncated adapter file surfaced as a raw safetensors error after the model load,
+    and a damaged bellm_encoder.json as a bare JSONDecodeError."""
+    import bellm.models
+    from bellm.errors import DataFileError
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the adapter was checked")
+
+    monkeypatch.setattr(bellm.models, "load_model_and_tokenizer", refuse)
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.randn(64, 64)}, str(adapter / "adapter_model.safetensors"))
+    data = (adapter / "adapter_model.safetensors").read_bytes()
+    (adapter / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataFileError, match=r"adapter_model\.safetensors: damaged adapter weights") as err:
+        Encoder.from_pretrained(tmp_path, adapter=adapter)
+    assert "\n" not in str(err.value)
+    (adapter / "adapter_model.safetensors").write_bytes(data)
+    (adapter / "adapter_config.json").write_text("{")
+    with pytest.raises(DataFileError, match=r"adapter_config\.json: not a readable adapter config"):
+        Encoder.from_pretrained(tmp_path, adapter=adapter)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "bellm_encoder.json").write_text('{"from_layer": ')
+    with pytest.raises(DataFileError, match=r"bellm_encoder\.json: damaged encoder settings file.*pass from_layer"):
+        Encoder.from_pretrained(tmp_path, adapter=adapter)
