@@ -289,14 +289,14 @@ def _prepare_output(config: TrainConfig, rank: int, identity: dict) -> Path | No
             f"{', ...' if len(entries) > 6 else ''})"
             "; pass --resume to continue that run or --overwrite to replace it, or choose another --output"
         )
-    if config.resume and (out / RUN_CONFIG).is_file():
+    if config.resume and entries:
+        if not (out / RUN_CONFIG).is_file():
+            raise FileExistsError(
+                f"--resume: {str(out)!r} holds files but no {RUN_CONFIG}, so it is not a bellm run (or bellm "
+                "cannot tell which set-up wrote it); choose another --output"
+            )
         _check_resume(config, out, identity)
         return find_resume_checkpoint(out)
-    if config.resume and (out / "checkpoints").is_dir():
-        raise FileExistsError(
-            f"{str(out)!r} holds checkpoints but no {RUN_CONFIG}, so bellm cannot tell which set-up wrote them; "
-            "choose another --output"
-        )
     if config.overwrite and entries and rank == 0:
         _remove_own_outputs(out, entries)
     return None

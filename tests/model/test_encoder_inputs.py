@@ -101,7 +101,8 @@ def test_default_max_length_is_bounded_and_truncation_says_how_to_raise_it(model
         enc.encode(["word " * 200, "short"])
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "\n" not in messages[0], messages
-    assert messages[0].startswith("1 of 2 sentences were longer than max_length=512") and "larger max_length" in (
-        messages[0]
+    assert (
+        messages[0].startswith("1 of 2 sentences were longer than max_length=512")
+        and "larger max_length" in (messages[0])
     )
     assert _encoder(model, tok, max_length=2048).max_length == 2048  # the way to raise it

@@ -23,6 +23,7 @@ from bellm.encoder import Encoder
 def patched_setting(model):
     return bellm.surgery.patched_setting(model)
 
+
 ATOL = 2e-5
 
 
@@ -40,7 +41,8 @@ def tok():
 def want(base, tok):
     """Each setting's embeddings from an Encoder that owns its model."""
     return {
-        k: Encoder(copy.deepcopy(base), tok, from_layer=k, pooling="mean").encode(SENTENCES) for k in (0, 2, 3)
+        k: Encoder(copy.deepcopy(base), tok, from_layer=k, pooling="mean").encode(SENTENCES)
+        for k in (0, 2, 3)
     }
 
 

@@ -50,7 +50,9 @@ def test_encoder_save_is_whole_or_nothing(encoder, tmp_path, monkeypatch):
         p.name for p in target.iterdir()
     }
     assert _siblings(target) == ["enc"]
-    np.testing.assert_allclose(Encoder.from_pretrained(target, device="cpu").encode(SENTENCES), want, atol=ATOL)
+    np.testing.assert_allclose(
+        Encoder.from_pretrained(target, device="cpu").encode(SENTENCES), want, atol=ATOL
+    )
 
 
 def test_encoder_save_refuses_a_folder_with_other_files(encoder, tmp_path):
@@ -84,7 +86,9 @@ def test_sentence_transformer_save_is_whole_or_nothing(encoder, tmp_path, monkey
     assert _siblings(target) == []  # sentence-transformers' own files were written into the temporary folder
     monkeypatch.undo()
     st.save(str(target))
-    assert json.loads((target / "modules.json").read_text())[0]["type"] == "bellm.st_plugin.BellmEncoderModule"
+    assert (
+        json.loads((target / "modules.json").read_text())[0]["type"] == "bellm.st_plugin.BellmEncoderModule"
+    )
     again = to_sentence_transformer(target)
     np.testing.assert_allclose(again.encode(SENTENCES), encoder.encode(SENTENCES), atol=ATOL)
 
@@ -103,7 +107,10 @@ def test_saved_patched_model_cannot_run_as_a_causal_model(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["attn_implementation"] == "bellm"
 
     # without bellm imported (its attention not registered) transformers refuses to build it
-    saved = AttentionInterface._global_mapping.pop("bellm"), AttentionMaskInterface._global_mapping.pop("bellm")
+    saved = (
+        AttentionInterface._global_mapping.pop("bellm"),
+        AttentionMaskInterface._global_mapping.pop("bellm"),
+    )
     try:
         with pytest.raises(ValueError, match='attn_implementation="bellm"'):
             transformers.AutoModel.from_pretrained(tmp_path)
@@ -198,5 +205,7 @@ def test_damaged_adapter_or_encoder_config_is_one_line_before_the_model_loads(tm
         Encoder.from_pretrained(tmp_path, adapter=adapter)
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "bellm_encoder.json").write_text('{"from_layer": ')
-    with pytest.raises(DataFileError, match=r"bellm_encoder\.json: damaged encoder settings file.*pass from_layer"):
+    with pytest.raises(
+        DataFileError, match=r"bellm_encoder\.json: damaged encoder settings file.*pass from_layer"
+    ):
         Encoder.from_pretrained(tmp_path, adapter=adapter)

@@ -125,6 +125,10 @@ def test_overwrite_never_deletes_files_bellm_did_not_write(model_dir, data, tmp_
     with pytest.raises(FileExistsError, match="not created by bellm train.*nothing was deleted"):
         train(_config(model_dir, data, theirs, overwrite=True))
     assert sorted(str(p.relative_to(theirs)) for p in theirs.rglob("*")) == before
+    # nor resumed into (its final save would write README.md over the user's)
+    with pytest.raises(FileExistsError, match="--resume: .* holds files but no run_config.json"):
+        train(_config(model_dir, data, theirs, resume=True))
+    assert sorted(str(p.relative_to(theirs)) for p in theirs.rglob("*")) == before
     (theirs / "run_config.json").write_text("{not json")  # a damaged record is not bellm's either
     with pytest.raises(FileExistsError, match="not created by bellm train"):
         train(_config(model_dir, data, theirs, overwrite=True))
@@ -209,4 +213,6 @@ def test_eval_labels_rows_by_what_ran(full_run, model_dir):
         assert label == f"from_layer={K} + adapter"
         assert record["from_layer"] == K and record["num_layers"] == 2 and record["adapter"] == str(adapter)
     plain = Encoder.from_pretrained(model_dir, device="cpu")
-    assert describe_encoder(plain, argparse.Namespace(model=None, adapter=None, from_layer=None))[0] == "causal"
+    assert (
+        describe_encoder(plain, argparse.Namespace(model=None, adapter=None, from_layer=None))[0] == "causal"
+    )
