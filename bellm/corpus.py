@@ -337,7 +337,82 @@ def _previous_run(out: Path) -> dict | None:
     return None
 
 
+_NEW_FOLDER = "write to a new output folder (--output) to encode with this set-up"
+
+
+def _check_before_load(
+    path: Path, out: Path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs
+) -> tuple[int, dict, dict | None]:
+    """Every check that needs no model: arguments, the output folder, every input row, and the recorded set-up
+    of a previous run. Returns ``(rows, set-up record, previous run record or None)``."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise UsageError(f"shard_size must be an int >= 1, got {shard_size!r}")
+    check_output_dir(out)
+    rows = sum(1 for _ in read_rows(path, text_field))  # validates every row before any output exists
+    setup = _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs)
+    previous = _previous_run(out)
+    if previous is not None:
+        check_same_run(previous["setup"], setup, where=str(out / RUN_FILE), fix=_NEW_FOLDER)
+    return rows, setup, previous
+
+
+def _check_or_write_run(
+    out: Path, previous, setup: dict, rows: int, shard_size: int, fmt: str, encoder
+) -> dict:
+    """Write ``run.json`` (the set-up, plus what the loaded encoder resolved: dim and settings), or check the one
+    already there against it (:class:`bellm.run_record.RunMismatchError` naming the first difference)."""
+    run = {
+        "setup": setup,
+        "rows": rows,
+        "shard_size": shard_size,
+        "format": fmt,
+        "dim": int(encoder.dim),
+        "encoder": encoder.config_dict(),  # the settings as resolved by the loaded model
+    }
+    if previous is not None:
+        check_same_run(previous, run, where=str(out / RUN_FILE), fix=_NEW_FOLDER)
+    else:
+        atomic_write_json(out / RUN_FILE, run)
+    return run
+
+
 # ------------------------------------------------------------------------------------------------------ main
+def _remove_stale_temp_files(out: Path, rank: int, world_size: int) -> None:
+    """Delete the temporary shard files a killed run left; only this rank's, other ranks may be writing."""
+    for stale in out.glob(".shard-*.tmp"):
+        try:
+            if int(stale.name.split("-")[1].split(".")[0]) % world_size == rank:
+                stale.unlink(missing_ok=True)
+        except ValueError:
+            pass
+
+
+def _encode_shards(
+    encoder,
+    chunks: Iterator[list[str]],
+    todo: set[int],
+    out: Path,
+    shard_size: int,
+    format: str,
+    bar,
+    **kwargs,
+) -> None:
+    """Encode and write every shard in ``todo`` (``chunks`` yields every shard's texts in order); the progress
+    bar shows rows and tokens per second. ``kwargs`` go to ``encoder.encode_with_stats``."""
+    tokens = seconds = 0.0
+    for i, texts in enumerate(chunks):
+        if i not in todo:
+            continue
+        emb, stats = encoder.encode_with_stats(texts, **kwargs)
+        _write_shard(out / _shard_name(i, format), emb, i * shard_size, format)
+        tokens += stats["tokens"]
+        seconds += stats["seconds"]
+        bar.update(len(texts))
+        bar.set_postfix(tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
+
+
 def encode_corpus(
     input: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -373,70 +448,46 @@ def encode_corpus(
 
     path = Path(input)
     out = Path(output_dir)
-    if format not in FORMATS:
-        raise UsageError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise UsageError(f"shard_size must be an int >= 1, got {shard_size!r}")
     rank, world_size = _rank_world(rank, world_size)
-    check_output_dir(out)
     if encoder is not None and encoder_kwargs:
         raise TypeError(f"encoder given: unexpected arguments {', '.join(sorted(encoder_kwargs))}")
-    rows = sum(1 for _ in read_rows(path, text_field))  # validates every row before any output exists
-    setup = _setup_record(
-        path, text_field, shard_size, format, normalize_embeddings, encoder, model, encoder_kwargs
+    rows, setup, previous = _check_before_load(
+        path, out, text_field, shard_size, format, normalize_embeddings, encoder, model, encoder_kwargs
     )
-    previous = _previous_run(out)
-    fix = "write to a new output folder (--output) to encode with this set-up"
-    if previous is not None:
-        check_same_run(previous["setup"], setup, where=str(out / RUN_FILE), fix=fix)
-    if encoder is None:  # the expensive part, only after every check above
+    if encoder is None:  # the expensive part, only after every check
         from bellm.encoder import Encoder
 
         encoder = Encoder.from_pretrained(model, **encoder_kwargs)
-    run = {
-        "setup": setup,
-        "rows": rows,
-        "shard_size": shard_size,
-        "format": format,
-        "dim": int(encoder.dim),
-        "encoder": encoder.config_dict(),  # the settings as resolved by the loaded model
-    }
-    if previous is not None:
-        check_same_run(previous, run, where=str(out / RUN_FILE), fix=fix)
-    else:
-        atomic_write_json(out / RUN_FILE, run)
+    run = _check_or_write_run(out, previous, setup, rows, shard_size, format, encoder)
     num_shards = -(-rows // shard_size)
     mine = [i for i in range(num_shards) if i % world_size == rank]
-    for stale in out.glob(".shard-*.tmp"):  # left by a killed run; only this rank's, others may be writing
-        try:
-            if int(stale.name.split("-")[1].split(".")[0]) % world_size == rank:
-                stale.unlink(missing_ok=True)
-        except ValueError:
-            pass
+    _remove_stale_temp_files(out, rank, world_size)
 
     def expected_rows(i: int) -> int:
         return min(shard_size, rows - i * shard_size)
 
     todo = {i for i in mine if _shard_rows(out / _shard_name(i, format), format) != expected_rows(i)}
     my_rows = sum(expected_rows(i) for i in mine)
-    done_rows = my_rows - sum(expected_rows(i) for i in todo)
-    tokens = seconds = 0.0
     desc = "encode" if world_size == 1 else f"encode rank {rank}/{world_size}"
-    with tqdm(total=my_rows, initial=done_rows, unit="row", disable=not show_progress_bar, desc=desc) as bar:
-        for i, texts in enumerate(_chunks(read_rows(path, text_field), shard_size)):
-            if i not in todo:
-                continue
-            emb, stats = encoder.encode_with_stats(
-                texts,
-                batch_size=batch_size,
-                max_tokens_per_batch=max_tokens_per_batch,
-                normalize=normalize_embeddings,
-            )
-            _write_shard(out / _shard_name(i, format), emb, i * shard_size, format)
-            tokens += stats["tokens"]
-            seconds += stats["seconds"]
-            bar.update(len(texts))
-            bar.set_postfix(tok_s=f"{tokens / max(seconds, 1e-9):,.0f}")
+    with tqdm(
+        total=my_rows,
+        initial=my_rows - sum(expected_rows(i) for i in todo),
+        unit="row",
+        disable=not show_progress_bar,
+        desc=desc,
+    ) as bar:
+        _encode_shards(
+            encoder,
+            _chunks(read_rows(path, text_field), shard_size),
+            todo,
+            out,
+            shard_size,
+            format,
+            bar,
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            normalize=normalize_embeddings,
+        )
     if _barrier_if_distributed(world_size) and rank != 0:
         return _build_index(out, run)
     index = _build_index(out, run)

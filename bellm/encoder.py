@@ -39,6 +39,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ import torch
 import bellm_kernels
 from bellm.common import BELLM_PROMPT, ENCODER_CONFIG, POOLING_MODES, check_pooling, resolve_prompt
 from bellm.packing import pack, plan_batches
+from bellm.tokenization import tokenize_prompted
 
 __all__ = ["Encoder", "BELLM_PROMPT", "POOLING_MODES", "default_max_tokens_per_batch"]
 
@@ -390,69 +392,14 @@ class Encoder:
         Returns ``(token_ids, text_masks, num_truncated)``: ``text_masks[i]`` marks the tokens of sentence i
         that come from the text itself (not the prompt or special tokens), or is None when the tokenizer gives
         no offsets. Sequences over ``max_length`` lose text tokens from the end of the text; ValueError when
-        the prompt and special tokens alone exceed ``max_length``.
+        the prompt and special tokens alone exceed ``max_length`` (:func:`bellm.tokenization.tokenize_prompted`).
         """
         template = self.prompt if prompt is None else resolve_prompt(prompt, self.pooling)
-        head, tail = template.split("{text}")
-        texts = [head + s + tail for s in sentences]
-        if not texts:
-            return [], [], 0
         try:
-            try:
-                enc = self.tokenizer(
-                    texts,
-                    add_special_tokens=True,
-                    padding=False,
-                    truncation=False,
-                    return_offsets_mapping=True,
-                    verbose=False,
-                )
-                offsets = enc["offset_mapping"]
-            except NotImplementedError:  # a slow (Python) tokenizer has no offsets
-                enc = self.tokenizer(
-                    texts, add_special_tokens=True, padding=False, truncation=False, verbose=False
-                )
-                offsets = None
-        except (TypeError, UnicodeError) as err:
+            return tokenize_prompted(self.tokenizer, sentences, template, self.max_length)
+        except (TypeError, UnicodeError) as err:  # the tokenizer's error names no sentence
             _raise_for_unencodable(sentences, err)
             raise
-        ids_all = [list(ids) for ids in enc["input_ids"]]
-        masks: list = []
-        num_truncated = 0
-        n_tail = None
-        for i, ids in enumerate(ids_all):
-            if offsets is not None:
-                start, stop = len(head), len(head) + len(sentences[i])
-                mask = [e > s and s < stop and e > start for s, e in offsets[i]]
-            else:
-                mask = None
-            if len(ids) > self.max_length:
-                num_truncated += 1
-                n_drop = len(ids) - self.max_length
-                if mask is not None:
-                    text_pos = [p for p, m in enumerate(mask) if m]
-                    if n_drop > len(text_pos):
-                        raise ValueError(self._prompt_too_long(len(ids) - len(text_pos)))
-                    drop = set(text_pos[len(text_pos) - n_drop :])
-                    ids = [t for p, t in enumerate(ids) if p not in drop]
-                    mask = [m for p, m in enumerate(mask) if p not in drop]
-                else:  # no offsets: keep the tail as long as the prompt's tail tokenized alone (+ specials)
-                    if n_tail is None:
-                        n_tail = len(self.tokenizer(tail, add_special_tokens=False)["input_ids"]) + max(
-                            0, len(self.tokenizer("", add_special_tokens=True)["input_ids"]) - 1
-                        )
-                    if n_tail >= self.max_length:
-                        raise ValueError(self._prompt_too_long(n_tail))
-                    ids = ids[: self.max_length - n_tail] + ids[len(ids) - n_tail :]
-                ids_all[i] = ids
-            masks.append(mask)
-        return ids_all, masks, num_truncated
-
-    def _prompt_too_long(self, n_prompt: int) -> str:
-        return (
-            f"max_length={self.max_length} leaves no room for the text: the prompt and special tokens "
-            f"alone take {n_prompt} tokens; raise max_length or shorten the prompt"
-        )
 
     # ------------------------------------------------------------------ encoding
     def _hidden(self, batch) -> torch.Tensor:
@@ -462,7 +409,8 @@ class Encoder:
         LM head, whose logits an encoder never reads.
         """
         model = self.model
-        if callable(getattr(model, "get_base_model", None)):  # an unmerged peft model: LoRA layers stay injected
+        # an unmerged peft model: its LoRA layers stay injected in the base model
+        if callable(getattr(model, "get_base_model", None)):
             model = model.get_base_model()
         backbone = getattr(model, "base_model", model)
         return backbone(**batch.model_kwargs(), use_cache=False).last_hidden_state[0]
@@ -527,6 +475,36 @@ class Encoder:
                 bar.update(batch.num_tokens)
         return out, total
 
+    @overload
+    def encode(
+        self,
+        sentences: str,
+        *,
+        batch_size: int | None = None,
+        max_tokens_per_batch: int | None = None,
+        prompt: str | None = None,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray | torch.Tensor: ...  # one embedding, shape (dim,)
+
+    @overload
+    def encode(
+        self,
+        sentences: Sequence[str] | np.ndarray,
+        *,
+        batch_size: int | None = None,
+        max_tokens_per_batch: int | None = None,
+        prompt: str | None = None,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]: ...  # one row per sentence, shape (n, dim)
+
     def encode(
         self,
         sentences,
@@ -541,15 +519,38 @@ class Encoder:
         device=None,
         **kwargs,
     ):
-        """Embed ``sentences`` (sentence-transformers' contract).
+        """Embed ``sentences`` (sentence-transformers' ``encode`` contract).
 
-        A str gives a 1-D ``(dim,)`` result, a list gives ``(n, dim)`` rows in input order (``[]`` gives
-        ``(0, dim)``). float32 numpy by default; ``convert_to_tensor`` gives a torch tensor on the model's
-        device; both False gives a list of 1-D tensors. Batching (``batch_size`` sentences at most and
-        ``max_tokens_per_batch`` tokens per packed batch) never changes the embeddings. ``prompt`` overrides
-        the encoder's template for this call (``""`` = none). ``normalize_embeddings`` L2-normalises inside
-        the pooling kernel. ``device`` moves the model first. Raises TypeError for None / non-str items
-        (naming the index) and unknown keyword arguments (listing the valid ones).
+        Args:
+            sentences: one ``str``, or a list (any sequence or 1-D array) of ``str``.
+            batch_size: at most this many sentences per packed batch (default: no limit besides the token
+                budget).
+            max_tokens_per_batch: token budget of one packed batch (default: the encoder's, else
+                :func:`default_max_tokens_per_batch`). Batching never changes the embeddings.
+            prompt: a ``{text}`` template for this call instead of the encoder's; ``""`` for none.
+            normalize_embeddings: L2-normalise each embedding (fused into the pooling kernel).
+            convert_to_numpy: return float32 numpy (the default).
+            convert_to_tensor: return a float32 torch tensor on the model's device (takes precedence).
+            show_progress_bar: a token progress bar; ``None`` shows one from 1000 sentences on.
+            device: move the model there first.
+
+        Returns:
+            For a ``str``: one embedding of shape ``(dim,)``. For a list: shape ``(n, dim)``, rows in input
+            order (``[]`` gives ``(0, dim)``). numpy by default; a tensor with ``convert_to_tensor``; with both
+            conversions off a 1-D tensor for a ``str`` and a list of ``n`` 1-D tensors for a list.
+
+        Raises:
+            TypeError: ``sentences`` is None, not a str or list, or holds a non-str item (the index is named);
+                an unknown keyword argument (the valid ones are listed).
+            ValueError: the prompt and special tokens alone exceed the encoder's ``max_length``;
+                ``exclude_prompt`` with a tokenizer that gives no offsets.
+
+        Example:
+            >>> enc = bellm.Encoder.from_pretrained("path/to/model", from_layer=20)  # doctest: +SKIP
+            >>> enc.encode("A man plays the flute.").shape  # doctest: +SKIP
+            (576,)
+            >>> enc.encode(["A man plays the flute.", "A dog runs."], normalize_embeddings=True).shape  # doctest: +SKIP
+            (2, 576)
         """
         if kwargs:
             raise TypeError(

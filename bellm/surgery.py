@@ -133,29 +133,9 @@ def _cached_attention(module, q, k, v, attention_mask, causal: bool, scale: floa
     return out.transpose(1, 2).nan_to_num(0.0)
 
 
-def bellm_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention function ``(module, query, key, value, attention_mask, **kw) -> (out, None)``.
-
-    ``query (batch, heads, q_len, head_dim)``, ``key``/``value (batch, kv_heads, kv_len, head_dim)`` (GQA is
-    passed to the kernel as is, no ``repeat_kv``); ``attention_mask``: the 2D bool padding mask
-    ``(batch, kv_len)`` from :func:`bellm_mask`, or ``None``. Returns ``out (batch, q_len, heads, head_dim)``
-    and no attention weights. Causal or bidirectional is ``module.is_causal``, set per layer by :func:`patch`.
-    Packed inputs come as ``cu_seq_lens_q/k`` + ``max_length_q/k`` kwargs, or are inferred from
-    ``position_ids`` at batch size 1.
-
-    Raises ValueError for an ``is_causal`` kwarg (model-wide: it would override the per-layer flags), packed
-    kwargs with batch > 1, a padding mask or a cache, and a 4D mask; NotImplementedError for attention
-    softcapping, a sliding window shorter than a sequence, and attention dropout in training mode.
-    """
+def _refuse_unsupported(module: torch.nn.Module, attention_mask, dropout: float, kwargs: dict) -> None:
+    """The checks of :func:`bellm_attention_forward` that do not depend on the input layout: ValueError for an
+    ``is_causal`` kwarg or a mask that is not 2D, NotImplementedError for softcapping and attention dropout."""
     layer = getattr(module, "layer_idx", "?")
     if not module.__dict__.get(_PATCHED_ATTR):
         raise ValueError(
@@ -186,6 +166,31 @@ def bellm_attention_forward(
             "bellm-patched model takes a 2D (batch, seqlen) padding mask (1 = real token) or packed inputs"
         )
 
+
+def bellm_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function ``(module, query, key, value, attention_mask, **kw) -> (out, None)``.
+
+    ``query (batch, heads, q_len, head_dim)``, ``key``/``value (batch, kv_heads, kv_len, head_dim)`` (GQA is
+    passed to the kernel as is, no ``repeat_kv``); ``attention_mask``: the 2D bool padding mask
+    ``(batch, kv_len)`` from :func:`bellm_mask`, or ``None``. Returns ``out (batch, q_len, heads, head_dim)``
+    and no attention weights. Causal or bidirectional is ``module.is_causal``, set per layer by :func:`patch`.
+    Packed inputs come as ``cu_seq_lens_q/k`` + ``max_length_q/k`` kwargs, or are inferred from
+    ``position_ids`` at batch size 1.
+
+    Raises ValueError for an ``is_causal`` kwarg (model-wide: it would override the per-layer flags), packed
+    kwargs with batch > 1, a padding mask or a cache, and a 4D mask; NotImplementedError for attention
+    softcapping, a sliding window shorter than a sequence, and attention dropout in training mode.
+    """
+    _refuse_unsupported(module, attention_mask, dropout, kwargs)
     causal = bool(getattr(module, "is_causal", True))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, S, H, D)

@@ -39,20 +39,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bellm.common import ENCODER_CONFIG, check_pooling
-from bellm.errors import UsageError
+from bellm.common import ENCODER_CONFIG
 from bellm.losses import AnglELoss
-from bellm.train_config import TrainConfig
+from bellm.train_config import RESUME_FREE, TrainConfig, check_config
 from bellm.train_data import TrainData, prompt_token_ids, read_train_data
 
 __all__ = ["TrainConfig", "train", "batch_loss", "embed_packed"]
@@ -73,25 +74,8 @@ OWNED = (  # every name bellm train writes in its output folder (listed in run_c
     "checkpoints",
     ".final",
 )
-# fields that may change between a run and its resume without changing the result; output_dir is the folder
-# itself (any spelling of it), data / eval_data / model are compared by content (the "identity" record)
-RESUME_FREE = {
-    "resume",
-    "overwrite",
-    "progress",
-    "save_steps",
-    "save_total_limit",
-    "device",
-    "output_dir",
-    "data",
-    "eval_data",
-    "model",
-}
-OUTPUTS_KEY = (
-    "bellm_outputs"  # run_config.json: the names bellm train writes in its folder (--overwrite removes these)
-)
+OUTPUTS_KEY = "bellm_outputs"  # run_config.json: the names bellm train writes in its folder (--overwrite)
 IDENTITY_KEY = "identity"  # run_config.json: what the result depends on besides the config (bellm.run_record)
-
 
 # ---------------------------------------------------------------------------- forward + loss
 
@@ -545,45 +529,44 @@ def _schedule(name: str, optimizer, warmup: int, total: int):
     raise ValueError(f"scheduler must be 'linear', 'cosine' or 'constant', got {name!r}")
 
 
-def _check_config(config: TrainConfig) -> None:
-    """UsageError (a ValueError) for a setting that cannot work, before anything is read or loaded."""
-    from bellm.models import num_layers_of
-    from bellm.train_data import prompt_template_check
+@dataclass
+class _Run:
+    """The state of one training run, shared by the steps of :func:`train`."""
 
-    for name in ("batch_size", "grad_accum", "epochs", "max_length", "lora_r", "logging_steps"):
-        if getattr(config, name) < 1:
-            raise UsageError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise UsageError(f"max_steps must be >= 1, got {config.max_steps}")
-    if config.resume and config.overwrite:
-        raise UsageError("pass --resume or --overwrite, not both")
-    try:
-        check_pooling(config.pooling)
-        prompt_template_check(config.prompt)
-    except (TypeError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    if config.eval_steps and not config.eval_data:
-        raise UsageError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
-    n = num_layers_of(config.model, config.gguf_file)  # from the files, without loading the model
-    if n is not None and not -n <= config.from_layer <= n:
-        raise UsageError(
-            f"from_layer = {config.from_layer} is out of range for this {n}-layer model; use "
-            f"0..{n} or -{n}..-1 (counted from the end)"
-        )
+    config: TrainConfig
+    identity: dict  # the run record's "identity": data/model hashes, dtype, device type (_run_identity)
+    world: int
+    rank: int
+    device: torch.device
+    out: Path
+    model: torch.nn.Module  # the peft model; ``ddp_model`` wraps it under torchrun
+    ddp_model: torch.nn.Module
+    num_layers: int
+    columns: list[list[list[int]]]  # token ids: [anchors, positives(, negatives)]
+    scores: torch.Tensor | None  # gold scores of scored pairs, None for triplets
+    eval_pairs: list[list[list[int]]] | None
+    eval_scores: list[float] | None
+    order: DataOrder
+    total_steps: int
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: AnglELoss
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOG_FILE
 
 
-def train(config: TrainConfig) -> dict:
-    """Run training; returns ``{"step", "loss", "best_metric", "output_dir"}``.
-
-    Raises DataError/FileNotFoundError for bad data, ValueError for a bad setting (from_layer out of range, a
-    resume with another configuration), FileExistsError for an output dir holding another run,
-    FloatingPointError for a NaN/inf loss (naming the step; nothing is saved for that step, the last
-    checkpoint stays intact).
-    """
+def _init_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
+    """``(world_size, rank, device)``; under torchrun (``WORLD_SIZE`` > 1) the process group is initialised
+    (nccl on CUDA, gloo on CPU). The device is ``config.device``, else ``cuda:$LOCAL_RANK`` when CUDA is
+    present, else the CPU."""
     import torch.distributed as dist
-    from tqdm.auto import tqdm
 
-    _check_config(config)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if world > 1 and not dist.is_initialized():
@@ -597,16 +580,22 @@ def train(config: TrainConfig) -> dict:
         device = torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out = Path(config.output_dir)
+    return world, rank, device
 
+
+def _set_up(config: TrainConfig) -> tuple[_Run, Path | None]:
+    """Read the data, check the output directory, load and wrap the model, tokenize, build the optimizer and
+    schedule; returns the run and the checkpoint to resume from (None for a fresh run)."""
+    import torch.distributed as dist
+
+    world, rank, device = _init_distributed(config)
     data: TrainData = read_train_data(config.data, config.data_kind, config.max_examples)
     identity = _run_identity(config, device)
-    resume_from = _prepare_output(config, rank, identity)
+    resume_from = _prepare_output(config, rank, identity)  # all before the model loads
     if world > 1:
         dist.barrier()
     model, tokenizer, num_layers = build_model(config, device)
     columns = [prompt_token_ids(tokenizer, col, config.prompt, config.max_length) for col in data.texts]
-    scores = torch.tensor(data.scores) if data.scores is not None else None
     eval_pairs = eval_scores = None
     if config.eval_data:
         ev = read_train_data(config.eval_data, "pairs", config.eval_max_pairs)
@@ -616,177 +605,247 @@ def train(config: TrainConfig) -> dict:
     order = DataOrder(len(data), config.batch_size, world, rank, config.seed)
     if order.per_epoch == 0:
         raise ValueError(
-            f"{data.path} has {len(data)} examples, fewer than one global micro-batch of "
-            f"{order.global_batch} "
+            f"{data.path} has {len(data)} examples, fewer than one global micro-batch of {order.global_batch} "
             f"(batch_size {config.batch_size} x {world} processes); lower --batch-size"
         )
     total_steps = config.max_steps or max(1, config.epochs * order.per_epoch // config.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = _schedule(config.scheduler, optimizer, config.warmup_steps, total_steps)
-    loss_fn = AnglELoss(
-        config.cosine_w, config.ibn_w, config.angle_w, config.cosine_tau, config.ibn_tau, config.angle_tau
+    run = _Run(
+        config=config,
+        identity=identity,
+        world=world,
+        rank=rank,
+        device=device,
+        out=Path(config.output_dir),
+        model=model,
+        ddp_model=model,
+        num_layers=num_layers,
+        columns=columns,
+        scores=torch.tensor(data.scores) if data.scores is not None else None,
+        eval_pairs=eval_pairs,
+        eval_scores=eval_scores,
+        order=order,
+        total_steps=total_steps,
+        params=params,
+        optimizer=optimizer,
+        scheduler=_schedule(config.scheduler, optimizer, config.warmup_steps, total_steps),
+        loss_fn=AnglELoss(
+            config.cosine_w, config.ibn_w, config.angle_w, config.cosine_tau, config.ibn_tau, config.angle_tau
+        ),
     )
+    return run, resume_from
 
-    step, best_metric, best_step = 0, None, None
+
+def _resume(run: _Run, resume_from: Path | None) -> None:
+    """Load the adapter, optimizer, scheduler, step, best metric and this rank's RNG state from
+    ``resume_from``; a fresh run seeds the RNG with ``seed + rank`` instead. Then rank 0 writes the run
+    config and cuts the log back to the resumed step."""
+    from bellm._io import atomic_write_json, atomic_write_text
+
     if resume_from is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
         set_peft_model_state_dict(
-            model, load_file(str(resume_from / "adapter_model.safetensors"), device=str(device))
+            run.model, load_file(str(resume_from / "adapter_model.safetensors"), device=str(run.device))
         )
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, best_metric, best_step = state["step"], state["best_metric"], state["best_step"]
-        if len(state["rng"]) != world:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.step, run.best_metric, run.best_step = state["step"], state["best_metric"], state["best_step"]
+        if len(state["rng"]) != run.world:
             raise ValueError(
-                f"checkpoint {resume_from} was written by {len(state['rng'])} processes, now {world}"
+                f"checkpoint {resume_from} was written by {len(state['rng'])} processes, now {run.world}"
             )
-        _set_rng_state(state["rng"][rank])
+        _set_rng_state(state["rng"][run.rank])
     else:
-        torch.manual_seed(config.seed + rank)
-    log_path = out / LOG_FILE
-    if rank == 0:
-        from bellm._io import atomic_write_json, atomic_write_text
+        torch.manual_seed(run.config.seed + run.rank)
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        record = {**dataclasses.asdict(run.config), IDENTITY_KEY: run.identity, OUTPUTS_KEY: list(OWNED)}
+        atomic_write_json(run.out / RUN_CONFIG, record)
+        kept = _read_log(run.log_path, run.step)
+        atomic_write_text(run.log_path, "".join(line + "\n" for line in kept))
 
-        out.mkdir(parents=True, exist_ok=True)
-        record = {**dataclasses.asdict(config), IDENTITY_KEY: identity, OUTPUTS_KEY: list(OWNED)}
-        atomic_write_json(out / RUN_CONFIG, record)
-        kept = _read_log(log_path, step)
-        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
-    ddp_model = model
-    if world > 1:
+def _wrap_distributed(run: _Run) -> None:
+    if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        run.ddp_model = DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
+
+
+def _optimization_step(run: _Run, autocast) -> tuple[float, int, float]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns ``(loss, tokens, learning rate)``.
+
+    Raises FloatingPointError for a NaN/inf loss before anything of the step is applied or saved."""
+    config = run.config
+    step_loss, step_tokens = 0.0, 0
+    for micro in range(config.grad_accum):
+        idx = run.order.indices(run.step * config.grad_accum + micro)
+        batch_cols = [[col[i] for i in idx] for col in run.columns]
+        batch_scores = run.scores[idx] if run.scores is not None else None
+        sync = micro == config.grad_accum - 1 or run.world == 1
+        with run.ddp_model.no_sync() if not sync else contextlib.nullcontext():
+            with autocast:
+                loss, n_tok = batch_loss(
+                    run.ddp_model, run.loss_fn, batch_cols, batch_scores, run.device, config.pooling
+                )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {run.step + 1} (micro-batch {micro + 1}/"
+                    f"{config.grad_accum}); stopped without saving. The last checkpoint in "
+                    f"{run.out / 'checkpoints'} is intact; lower the learning rate, check the data, or use fp32"
+                )
+            (loss / config.grad_accum).backward()
+        step_loss += loss.item() / config.grad_accum
+        step_tokens += n_tok
+    if config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return step_loss, step_tokens, lr
+
+
+def _log_and_evaluate(run: _Run, loss: float, lr: float, tokens_per_s: float) -> None:
+    """Append the step's log row (every ``logging_steps``) and, every ``eval_steps``, the dev Spearman; a new
+    best metric saves the adapter to ``best/``. The last step always logs and evaluates."""
+    config, step = run.config, run.step
+    last = step == run.total_steps
+    rows = []
+    if step % config.logging_steps == 0 or last:
+        rows.append(
+            {
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "tokens_per_s": round(tokens_per_s, 1),
+                "epoch": round(step * config.grad_accum / run.order.per_epoch, 4),
+            }
+        )
+    if config.eval_steps and (step % config.eval_steps == 0 or last):
+        metric = evaluate_spearman(
+            run.model, run.eval_pairs, run.eval_scores, run.device, pooling=config.pooling
+        )
+        rows.append({"step": step, "eval_spearman": metric})
+        if run.best_metric is None or metric > run.best_metric:
+            run.best_metric, run.best_step = metric, step
+            if run.rank == 0:
+                enc = json.dumps(_encoder_config(config, run.num_layers), indent=2).encode()
+                _save_adapter_files(run.model, run.out / "best", {ENCODER_CONFIG: enc})
+    if run.rank == 0 and rows:
+        with open(run.log_path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """``checkpoints/step-N`` (adapter + optimizer, scheduler, every rank's RNG state, best metric), renamed
+    into place, then ``checkpoints/latest`` replaced atomically; only the newest ``save_total_limit`` stay."""
+    import torch.distributed as dist
+
+    from bellm._io import atomic_write_text
+
+    rng = [_rng_state()]
+    if run.world > 1:
+        gathered: list = [None] * run.world
+        dist.all_gather_object(gathered, rng[0])
+        rng = gathered
+    if run.rank == 0:
+        state = {
+            "step": run.step,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": rng,
+            "best_metric": run.best_metric,
+            "best_step": run.best_step,
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        name = f"step-{run.step}"
+        ckdir = run.out / "checkpoints"
+        enc = json.dumps(
+            _encoder_config(run.config, run.num_layers), indent=2
+        ).encode()  # a complete artefact
+        _save_adapter_files(run.model, ckdir / name, {STATE_FILE: buf.getvalue(), ENCODER_CONFIG: enc})
+        atomic_write_text(ckdir / "latest", name + "\n")
+        old = sorted((p for p in ckdir.glob("step-*") if p.name != name), key=lambda p: int(p.name[5:]))
+        for p in old[: max(0, len(old) - (run.config.save_total_limit - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    if run.world > 1:
+        dist.barrier()
+
+
+def _finalise(run: _Run) -> None:
+    """Rank 0 writes the final adapter and ``bellm_encoder.json`` into the output directory (the encoder
+    config last, so a directory that has it is complete)."""
+    if run.rank == 0:
+        final = run.out / ".final"
+        enc = json.dumps(_encoder_config(run.config, run.num_layers), indent=2).encode()
+        _save_adapter_files(run.model, final, {ENCODER_CONFIG: enc})
+        for p in sorted(final.iterdir(), key=lambda p: p.name == ENCODER_CONFIG):
+            os.replace(p, run.out / p.name)
+        shutil.rmtree(final, ignore_errors=True)
+    if run.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training; returns ``{"step", "loss", "best_metric", "best_step", "output_dir"}``.
+
+    The steps: :func:`_set_up` (distributed init, data, output directory, model, optimizer), :func:`_resume`,
+    then per optimizer step :func:`_optimization_step`, :func:`_log_and_evaluate` and every ``save_steps``
+    :func:`_save_checkpoint`, and :func:`_finalise`.
+
+    Raises DataError/FileNotFoundError for bad data, ValueError for a bad setting (from_layer out of range, a
+    resume with another configuration), FileExistsError for an output dir holding another run,
+    FloatingPointError for a NaN/inf loss (naming the step; nothing is saved for that step, the last
+    checkpoint stays intact).
+    """
+    from tqdm.auto import tqdm
+
+    check_config(config)
+    run, resume_from = _set_up(config)
+    _resume(run, resume_from)
+    _wrap_distributed(run)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and config.bf16_autocast
+        if run.device.type == "cuda" and config.bf16_autocast
         else torch.autocast("cpu", enabled=False)
     )
-
-    def save_checkpoint() -> None:
-        rng = [_rng_state()]
-        if world > 1:
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
-        if rank == 0:
-            import io
-
-            buf = io.BytesIO()
-            torch.save(
-                {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng,
-                    "best_metric": best_metric,
-                    "best_step": best_step,
-                },
-                buf,
-            )
-            name = f"step-{step}"
-            ckdir = out / "checkpoints"
-            enc = json.dumps(_encoder_config(config, num_layers), indent=2).encode()  # a complete artefact
-            _save_adapter_files(model, ckdir / name, {STATE_FILE: buf.getvalue(), ENCODER_CONFIG: enc})
-            atomic_write_text(ckdir / "latest", name + "\n")
-            old = sorted((p for p in ckdir.glob("step-*") if p.name != name), key=lambda p: int(p.name[5:]))
-            for p in old[: max(0, len(old) - (config.save_total_limit - 1))]:
-                shutil.rmtree(p, ignore_errors=True)
-        if world > 1:
-            dist.barrier()
-
     bar = tqdm(
-        total=total_steps,
-        initial=step,
+        total=run.total_steps,
+        initial=run.step,
         desc="bellm train",
-        disable=not config.progress or rank > 0,
+        disable=not config.progress or run.rank > 0,
         dynamic_ncols=True,
     )
     last_loss = float("nan")
     t0, tokens_since = time.perf_counter(), 0
-    while step < total_steps:
-        step_loss, step_tokens = 0.0, 0
-        for micro in range(config.grad_accum):
-            idx = order.indices(step * config.grad_accum + micro)
-            batch_cols = [[col[i] for i in idx] for col in columns]
-            batch_scores = scores[idx] if scores is not None else None
-            sync = micro == config.grad_accum - 1 or world == 1
-            ctx = ddp_model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx:
-                with autocast:
-                    loss, n_tok = batch_loss(
-                        ddp_model, loss_fn, batch_cols, batch_scores, device, config.pooling
-                    )
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {step + 1} (micro-batch {micro + 1}/"
-                        f"{config.grad_accum}); stopped without saving. The last checkpoint in "
-                        f"{out / 'checkpoints'} is intact; lower the "
-                        "learning rate, check the data, or use fp32"
-                    )
-                (loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
-            step_tokens += n_tok
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        last_loss = step_loss
-        tokens_since += step_tokens * world
-        elapsed = time.perf_counter() - t0
-        tok_s = tokens_since / elapsed if elapsed > 0 else 0.0
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
-        rows = []
-        if step % config.logging_steps == 0 or step == total_steps:
-            rows.append(
-                {
-                    "step": step,
-                    "loss": step_loss,
-                    "lr": lr,
-                    "tokens_per_s": round(tok_s, 1),
-                    "epoch": round(step * config.grad_accum / order.per_epoch, 4),
-                }
-            )
-        if config.eval_steps and (step % config.eval_steps == 0 or step == total_steps):
-            metric = evaluate_spearman(model, eval_pairs, eval_scores, device, pooling=config.pooling)
-            rows.append({"step": step, "eval_spearman": metric})
-            if best_metric is None or metric > best_metric:
-                best_metric, best_step = metric, step
-                if rank == 0:
-                    enc = json.dumps(_encoder_config(config, num_layers), indent=2).encode()
-                    _save_adapter_files(model, out / "best", {ENCODER_CONFIG: enc})
-        if rank == 0 and rows:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in rows))
-                f.flush()
-        if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-            save_checkpoint()
-    bar.close()
-    if rank == 0:
-        final = out / ".final"
-        enc = json.dumps(_encoder_config(config, num_layers), indent=2).encode()
-        _save_adapter_files(model, final, {ENCODER_CONFIG: enc})
-        for p in sorted(final.iterdir(), key=lambda p: p.name == ENCODER_CONFIG):  # the encoder config last
-            os.replace(p, out / p.name)
-        shutil.rmtree(final, ignore_errors=True)
-    if world > 1:
-        dist.barrier()
+    with bar:
+        while run.step < run.total_steps:
+            last_loss, step_tokens, lr = _optimization_step(run, autocast)
+            tokens_since += step_tokens * run.world
+            elapsed = time.perf_counter() - t0
+            tok_s = tokens_since / elapsed if elapsed > 0 else 0.0
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
+            _log_and_evaluate(run, last_loss, lr, tok_s)
+            if config.save_steps and run.step % config.save_steps == 0 and run.step < run.total_steps:
+                _save_checkpoint(run)
+    _finalise(run)
     return {
-        "step": step,
+        "step": run.step,
         "loss": last_loss,
-        "best_metric": best_metric,
-        "best_step": best_step,
-        "output_dir": str(out),
+        "best_metric": run.best_metric,
+        "best_step": run.best_step,
+        "output_dir": str(run.out),
     }

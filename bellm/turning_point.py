@@ -209,6 +209,52 @@ def _final_norm(model) -> torch.nn.Module | None:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _right_padded(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(n, longest)`` long tensors, right-padded with ``pad_id``."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x)
+        mask[row, : len(x)] = 1
+    return input_ids, mask
+
+
+def _pooled_layers(
+    model, norm, captured: list, input_ids: torch.Tensor, mask: torch.Tensor, layer_norm: str, pooling: str
+) -> torch.Tensor:
+    """Every layer's pooled embedding of one right-padded batch: ``(num_layers + 1, n, dim)`` float32, CPU.
+
+    ``captured`` is filled by a forward hook on ``norm`` with its input (the last layer's state before the
+    final norm); explicit ``position_ids`` make each row what the sentence gives alone. TypeError for a model
+    that returns no hidden states.
+    """
+    import bellm_kernels
+
+    n, width = input_ids.shape
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=torch.arange(width, device=input_ids.device).expand(n, width),
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    hidden = getattr(out, "hidden_states", None)
+    if hidden is None or not captured:
+        raise TypeError(
+            f"{type(model).__name__} returned no hidden_states with output_hidden_states=True; "
+            "pass a transformers decoder model (e.g. LlamaModel / LlamaForCausalLM)"
+        )
+    stacked = torch.stack([*hidden[:-1], captured[-1]])  # (L+1, B, T, D), every layer before the final norm
+    if layer_norm == "final":
+        stacked = norm(stacked)
+    layers, b, t, d = stacked.shape
+    pooled = bellm_kernels.pool(
+        stacked.reshape(layers * b, t, d), mode=pooling, attention_mask=mask.repeat(layers, 1)
+    )
+    return pooled.reshape(layers, b, d).float().cpu()
+
+
 @torch.inference_mode()
 def layer_embeddings(
     model,
@@ -234,8 +280,6 @@ def layer_embeddings(
     """
     from tqdm.auto import tqdm
 
-    import bellm_kernels
-
     if layer_norm not in LAYER_NORMS:
         raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
     template = resolve_prompt(prompt, pooling)
@@ -258,51 +302,20 @@ def layer_embeddings(
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     device = next(model.parameters()).device
 
-    captured: list[torch.Tensor] = []
+    captured: list[torch.Tensor] = []  # the final norm's input: the last layer's state before the norm
     hook = norm.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
     result = None
     try:
         with tqdm(total=len(ids), desc=desc, unit="sent", disable=not show_progress_bar) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, : len(ids[i])] = 1
-                positions = torch.arange(width).expand(len(idx), width)
+                input_ids, mask = _right_padded([ids[i] for i in idx], pad_id)
                 captured.clear()
-                out = model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    output_hidden_states=True,
-                    use_cache=False,
-                )
-                hidden = getattr(out, "hidden_states", None)
-                if hidden is None or not captured:
-                    raise TypeError(
-                        f"{type(model).__name__} returned no hidden_states with output_hidden_states=True; "
-                        "pass a transformers decoder model (e.g. LlamaModel / LlamaForCausalLM)"
-                    )
-                states = [*hidden[:-1], captured[-1]]  # every layer before the final norm
-                stacked = torch.stack(states)  # (L+1, B, T, D)
-                if layer_norm == "final":
-                    stacked = norm(stacked)
-                layers, b, t, d = stacked.shape
-                pooled = (
-                    bellm_kernels.pool(
-                        stacked.reshape(layers * b, t, d),
-                        mode=pooling,
-                        attention_mask=mask.to(device).repeat(layers, 1),
-                    )
-                    .reshape(layers, b, d)
-                    .float()
-                    .cpu()
+                pooled = _pooled_layers(
+                    model, norm, captured, input_ids.to(device), mask.to(device), layer_norm, pooling
                 )
                 if result is None:
-                    result = torch.empty(layers, len(ids), d, dtype=torch.float32)
+                    result = torch.empty(pooled.shape[0], len(ids), pooled.shape[2], dtype=torch.float32)
                 result[:, idx] = pooled
                 bar.update(len(idx))
     finally:

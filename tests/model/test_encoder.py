@@ -265,3 +265,17 @@ def test_real_smollm2_smoke():
     assert emb.shape == (3, 576) and np.isfinite(emb).all()
     assert emb[0] @ emb[1] > emb[0] @ emb[2]
     np.testing.assert_allclose(enc.encode(s[1], normalize_embeddings=True), emb[1], atol=1e-4)
+
+
+def test_encode_declares_str_and_list_overloads():
+    """``encode(str)`` is one ``(dim,)`` embedding, ``encode(list)`` ``(n, dim)`` rows; the overloads say so."""
+    import typing
+
+    if not hasattr(typing, "get_overloads"):
+        pytest.skip("typing.get_overloads needs Python >= 3.11")
+    overloads = typing.get_overloads(Encoder.encode)
+    first = [typing.get_type_hints(f)["sentences"] for f in overloads]
+    assert first[0] is str and len(overloads) == 2
+    assert "Sequence[str]" in str(first[1])
+    doc = Encoder.encode.__doc__
+    assert all(part in doc for part in ("Args:", "Returns:", "Raises:", "Example:", "(dim,)", "(n, dim)"))
