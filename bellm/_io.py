@@ -1,7 +1,8 @@
-"""File helpers: atomic writes and opening (optionally gzipped) UTF-8 text.
+"""Atomic file and folder writes: write to a temporary file (folder) beside the target, then rename it over.
 
-Atomic writes go to a temporary file in the same directory, are fsynced, then renamed over the target: a reader
-(or a resumed run after ``kill -9``) sees either the old file or the complete new one, never a torn file.
+A reader (or a resumed run after ``kill -9``) sees either the old file or the complete new one, never a torn file;
+a folder written with :func:`atomic_dir` appears whole or not at all. Files and folders get the process umask's
+permissions (as ``open`` and ``mkdir`` give), not the 0600 / 0700 of :mod:`tempfile`.
 """
 
 from __future__ import annotations
@@ -10,34 +11,92 @@ import contextlib
 import gzip
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "open_text"]
+__all__ = ["atomic_path", "atomic_dir", "atomic_write_text", "atomic_write_json", "open_text", "text_errors"]
+
+
+def _fresh_name(target: Path) -> Path:
+    return target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success it is fsynced and renamed onto ``target``."""
+    """Yield a temporary path next to ``target``; on success it is fsynced and renamed onto ``target``.
+
+    The temporary file is created empty with mode ``0o666`` minus the umask (the mode ``target`` keeps).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    while True:
+        tmp_path = _fresh_name(target)
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``target``; on success it is renamed to ``target``, whole.
+
+    ``target`` must not exist or be an empty folder: FileExistsError otherwise, before anything is written
+    (bellm never writes into, or deletes, a folder that holds other files). If the body raises (or the process
+    dies) ``target`` is untouched; the temporary ``.<name>.<random>.tmp`` folder is removed on an exception.
+    """
+    target = Path(target)
+    _check_writable_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp_dir = _fresh_name(target)
+        try:
+            os.mkdir(tmp_dir, 0o777)  # the umask applies
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp_dir
+        _check_writable_target(target)  # still true after the (long) write?
+        if target.is_dir():
+            target.rmdir()  # empty: nothing of anyone's is lost
+        os.rename(tmp_dir, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _check_writable_target(target: Path) -> None:
+    if target.is_dir():
+        if any(target.iterdir()):
+            raise FileExistsError(
+                f"{str(target)!r} already exists and is not empty; save into a new folder (bellm writes a "
+                "saved model as a whole folder and never into, or over, one holding other files)"
+            )
+    elif target.exists() or target.is_symlink():
+        raise FileExistsError(f"{str(target)!r} exists and is not a folder; choose another path to save to")
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
@@ -49,10 +108,54 @@ def atomic_write_json(target: str | os.PathLike, obj) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# reading text files (optionally gzip-compressed) with one-line errors
+# ---------------------------------------------------------------------------------------------------------
+
+
 def open_text(path: str | os.PathLike):
-    """Open ``path`` for reading UTF-8 text, through gzip when its name ends in ``.gz`` (any case); newlines are
-    left as they are (``newline=""``, as the csv module wants)."""
-    path = Path(path)
-    if path.suffix.lower() == ".gz":
+    """``path`` opened for reading UTF-8 text (``newline=""``), through gzip when its name ends in ``.gz``."""
+    if str(path).lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
+
+
+@contextlib.contextmanager
+def text_errors(path: str | os.PathLike, error: type[Exception] | None = None) -> Iterator[None]:
+    """Turn what goes wrong while reading ``path`` with :func:`open_text` into one-line ``error`` naming the file:
+
+    invalid UTF-8 (with the line, found by a second pass over the raw bytes), a ``.gz`` file that is not gzip,
+    damaged or cut short. ``error`` defaults to :class:`bellm.errors.DataFileError`. Other exceptions pass
+    through.
+    """
+    from bellm.errors import DataFileError
+
+    error = error or DataFileError
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        line = _first_undecodable_line(path)
+        where = f"{path}:{line}" if line else str(path)
+        raise error(
+            f"{where}: not valid UTF-8 ({err.reason}, byte 0x{err.object[err.start]:02x}); save the file as "
+            "UTF-8 (or fix that line)"
+        ) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise error(
+            f"{path}: damaged or truncated gzip file ({err}); check the copy (gzip -t) or decompress it and "
+            "pass the plain file"
+        ) from None
+
+
+def _first_undecodable_line(path) -> int | None:
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return lineno
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None

@@ -14,6 +14,7 @@ __all__ = [
     "NO_PROMPT",
     "POOLING_MODES",
     "ENCODER_CONFIG",
+    "LAYER_NORMS",
     "check_pooling",
     "resolve_prompt",
     "normalize_whitespace",
@@ -29,6 +30,9 @@ NO_PROMPT = "{text}"
 POOLING_MODES = ("last", "mean", "first")
 """How a text's embedding is pooled from its tokens' hidden states; ``"last"`` is BeLLM's. The kernels in
 ``bellm_kernels`` accept the same three modes."""
+
+LAYER_NORMS = ("final", "none")
+"""How the turning-point curve reads a layer's hidden states: through the model's final norm, or raw."""
 
 ENCODER_CONFIG = "bellm_encoder.json"
 """The encoder settings file (from_layer, pooling, prompt, max_length) that ``Encoder.save_pretrained`` and

@@ -10,10 +10,14 @@ torchrun.
 - output: row ``r`` of the input is row ``r % shard_size`` of shard ``r // shard_size``. Shard ``i`` is
   ``shard-{i:05d}.safetensors`` (tensor ``embeddings`` ``(rows, dim)`` float32, metadata ``start``/``rows``)
   or ``shard-{i:05d}.npy``; each is written atomically (temp file + fsync + rename), so a file that exists is
-  complete. ``run.json`` records the settings (a rerun with different ones is refused); ``index.json`` lists
-  the shards once the run ends. :func:`load_embeddings` reads them back in row order.
+  complete. ``run.json`` records everything the embeddings depend on (:mod:`bellm.run_record`: the model's
+  and adapter's file hashes, dtype, device type, encoder settings, normalisation, the input's hash, the bellm
+  version); ``index.json`` lists the shards once the run ends. :func:`load_embeddings` reads them back in row
+  order.
 - resume: a rerun skips every shard already on disk; a ``kill -9`` loses at most the shards being encoded and
-  never duplicates a row (the shards are fixed row ranges).
+  never duplicates a row (the shards are fixed row ranges). A rerun whose set-up differs in any recorded field
+  is refused before the model loads, naming the field; shard files in a folder without ``run.json`` are never
+  taken as finished work (refused: bellm cannot tell what wrote them).
 - ranks: with ``RANK``/``WORLD_SIZE`` set (``torchrun --nproc-per-node N -m bellm encode ...``), rank ``r``
   encodes shards ``i`` with ``i % WORLD_SIZE == r``; the shard files are exactly the single-process ones.
   Under torchrun the ranks meet at a gloo barrier at the end and rank 0 writes ``index.json``; without a
@@ -24,16 +28,20 @@ torchrun.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from bellm._io import atomic_path, atomic_write_json, open_text
+from bellm._io import atomic_path, atomic_write_json, open_text, text_errors
+from bellm.errors import DataFileError, UsageError
+from bellm.run_record import check_same_run
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["encode_corpus", "load_embeddings", "read_rows", "rank_device"]
 
@@ -51,7 +59,7 @@ def _kind(path: Path) -> str:
         suffixes = suffixes[:-1]
     kind = suffixes[-1] if suffixes else ""
     if kind not in SUFFIXES:
-        raise ValueError(
+        raise UsageError(
             f"input {str(path)!r}: unsupported file type {kind or '(none)'!r}; use one of "
             f"{', '.join(SUFFIXES)} (optionally .gz)"
         )
@@ -62,13 +70,13 @@ def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
     """Stream the texts of ``path`` in order (see the module docstring for the formats).
 
     Raises FileNotFoundError, ValueError naming the file and line of a bad row (invalid JSON, missing field,
-    non-string text, a TSV row without the column).
+    non-string text, a TSV row without the column, invalid UTF-8) or a damaged / truncated ``.gz``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
     kind = _kind(path)
-    with open_text(path) as f:
+    with text_errors(path), open_text(path) as f:
         if kind == ".txt":
             for line in f:
                 yield line.rstrip("\r\n")
@@ -79,16 +87,16 @@ def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                    raise DataFileError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
                 if not isinstance(obj, dict) or text_field not in obj:
                     keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
-                    raise ValueError(
+                    raise DataFileError(
                         f"{path}:{lineno}: no {text_field!r} field (found: {keys}); pass "
                         "text_field= / --field with the right key"
                     )
                 text = obj[text_field]
                 if not isinstance(text, str):
-                    raise ValueError(
+                    raise DataFileError(
                         f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string"
                     )
                 yield text
@@ -98,14 +106,14 @@ def read_rows(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
             if header is None:
                 return
             if text_field not in header:
-                raise ValueError(
+                raise DataFileError(
                     f"{path}: no column {text_field!r} in the header (columns: {', '.join(header)}); "
                     "pass text_field= / --field with the right column"
                 )
             col = header.index(text_field)
             for lineno, row in enumerate(reader, 2):
                 if col >= len(row):
-                    raise ValueError(
+                    raise DataFileError(
                         f"{path}:{lineno}: {len(row)} columns, no {text_field!r} (column {col + 1})"
                     )
                 yield row[col]
@@ -120,14 +128,6 @@ def _chunks(rows: Iterator[str], size: int) -> Iterator[list[str]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _fingerprint(path: Path) -> str:
-    """sha256 of the file's size and first MiB: cheap, and catches a different input under the same name."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -152,6 +152,8 @@ def _shard_rows(path: Path, fmt: str) -> int | None:
 
 
 def _write_shard(path: Path, emb: torch.Tensor, start: int, fmt: str) -> None:
+    import torch
+
     emb = emb.detach().to("cpu", torch.float32).contiguous()
     with atomic_path(path) as tmp:
         if fmt == "safetensors":
@@ -202,10 +204,12 @@ def load_embeddings(output_dir: str | os.PathLike) -> np.ndarray:
     Raises FileNotFoundError when ``run.json`` is absent, ValueError naming the missing shards of an
     unfinished run.
     """
+    from bellm.run_record import read_record
+
     out = Path(output_dir)
     if not (out / RUN_FILE).is_file():
         raise FileNotFoundError(f"{str(out)!r} holds no encode_corpus output (no {RUN_FILE})")
-    run = json.loads((out / RUN_FILE).read_text())
+    run = read_record(out / RUN_FILE)
     index = _build_index(out, run)
     if not index["complete"]:
         raise ValueError(
@@ -223,7 +227,7 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(
+        raise UsageError(
             f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size"
         )
     return rank, world_size
@@ -246,41 +250,135 @@ def _barrier_if_distributed(world_size: int) -> bool:
     return True
 
 
-# ------------------------------------------------------------------------------------------------------ main
-def _run_record(
-    path: Path, rows: int, encoder, text_field: str, shard_size: int, format: str, normalize: bool
-) -> dict:
-    """The settings ``run.json`` records for a run (a rerun must match them, ``input`` aside)."""
-    return {
-        "input": str(path.resolve()),
-        "input_fingerprint": _fingerprint(path),
-        "rows": rows,
+# ------------------------------------------------------------------------------------------------------ run record
+def check_output_dir(out: Path) -> None:
+    """ValueError (one line) when ``out`` cannot be an output folder: a file, or not writable."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {str(out)!r} is a file; pass a folder path for the shards")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"output {str(out)!r}: {str(existing)!r} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {str(existing)!r} is not writable; choose another --output")
+
+
+def _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs) -> dict:
+    """Everything the shards depend on, computed before any model is loaded (see :mod:`bellm.run_record`)."""
+    import bellm
+    from bellm.run_record import adapter_identity, input_identity, model_identity, weights_sha256
+
+    record = {
+        "bellm_version": bellm.__version__,
+        "input": input_identity(path),
         "text_field": text_field,
         "shard_size": shard_size,
-        "format": format,
-        "dim": int(encoder.dim),
+        "format": fmt,
         "normalize_embeddings": bool(normalize),
-        "encoder": encoder.config_dict(),
-        "model": str(getattr(getattr(getattr(encoder, "model", None), "config", None), "_name_or_path", "")),
     }
+    if encoder is not None:  # already in memory: hash its weights
+        hf_model = getattr(encoder, "model", None)
+        param = next(hf_model.parameters(), None) if hf_model is not None else None
+        record.update(
+            model={"weights_sha256": weights_sha256(hf_model) if hf_model is not None else None},
+            dtype=str(param.dtype) if param is not None else None,
+            device_type=param.device.type if param is not None else None,
+            encoder=encoder.config_dict(),
+        )
+        return record
+    import torch
+
+    from bellm.common import check_pooling, resolve_prompt
+    from bellm.models import resolve_dtype
+
+    kw = dict(encoder_kwargs)
+    device = kw.get("device")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    pooling = check_pooling(kw.get("pooling", "last"))
+    from_layer = kw.get("from_layer")
+    record.update(
+        model=model_identity(model, kw.get("gguf_file")),
+        adapter=adapter_identity(kw.get("adapter")),
+        dtype=str(resolve_dtype(kw.get("dtype"), device)),
+        device_type=device.type,
+        encoder={
+            "from_layer": int(from_layer) if from_layer is not None else None,
+            "pooling": pooling,
+            "prompt": resolve_prompt(kw.get("prompt"), pooling),
+            "billm_compat": bool(kw.get("billm_compat", False)),
+            "max_length": kw.get("max_length"),
+            "exclude_prompt": bool(kw.get("exclude_prompt", False)),
+        },
+    )
+    return record
 
 
-def _check_or_write_run(out: Path, run: dict) -> None:
-    """Write ``run.json``, or check that the one already in ``out`` has the same settings (ValueError naming
-    the first that differs)."""
+def _previous_run(out: Path) -> dict | None:
+    """The run record in ``out``, or None for a folder without one (and without shards: shards without a
+    record are refused, as are records from an older bellm that lack the set-up)."""
+    from bellm.run_record import CorruptRecordError, read_record
+
     if (out / RUN_FILE).is_file():
-        previous = json.loads((out / RUN_FILE).read_text())
-        diff = [k for k in run if k != "input" and previous.get(k) != run[k]]
-        if diff:
-            k = diff[0]
-            raise ValueError(
-                f"{str(out)!r} holds a run with other settings ({k}: {previous.get(k)!r} there, "
-                f"{run[k]!r} now); use another output directory or delete it"
+        previous = read_record(out / RUN_FILE)
+        if not isinstance(previous.get("setup"), dict):
+            raise CorruptRecordError(
+                f"{out / RUN_FILE} records no set-up (written by an older bellm, or not by bellm), so a resume "
+                "could mix two set-ups; write to a new output folder"
             )
+        return previous
+    shards = sorted(p.name for fmt in FORMATS for p in out.glob(f"shard-*.{fmt}")) if out.is_dir() else []
+    if shards:
+        raise UsageError(
+            f"{str(out)!r} holds shard files ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''}) "
+            f"but no {RUN_FILE}, so bellm cannot tell which set-up wrote them and will not treat them as "
+            "finished; write to a new output folder"
+        )
+    return None
+
+
+_NEW_FOLDER = "write to a new output folder (--output) to encode with this set-up"
+
+
+def _check_before_load(
+    path: Path, out: Path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs
+) -> tuple[int, dict, dict | None]:
+    """Every check that needs no model: arguments, the output folder, every input row, and the recorded set-up
+    of a previous run. Returns ``(rows, set-up record, previous run record or None)``."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise UsageError(f"shard_size must be an int >= 1, got {shard_size!r}")
+    check_output_dir(out)
+    rows = sum(1 for _ in read_rows(path, text_field))  # validates every row before any output exists
+    setup = _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs)
+    previous = _previous_run(out)
+    if previous is not None:
+        check_same_run(previous["setup"], setup, where=str(out / RUN_FILE), fix=_NEW_FOLDER)
+    return rows, setup, previous
+
+
+def _check_or_write_run(
+    out: Path, previous, setup: dict, rows: int, shard_size: int, fmt: str, encoder
+) -> dict:
+    """Write ``run.json`` (the set-up, plus what the loaded encoder resolved: dim and settings), or check the one
+    already there against it (:class:`bellm.run_record.RunMismatchError` naming the first difference)."""
+    run = {
+        "setup": setup,
+        "rows": rows,
+        "shard_size": shard_size,
+        "format": fmt,
+        "dim": int(encoder.dim),
+        "encoder": encoder.config_dict(),  # the settings as resolved by the loaded model
+    }
+    if previous is not None:
+        check_same_run(previous, run, where=str(out / RUN_FILE), fix=_NEW_FOLDER)
     else:
         atomic_write_json(out / RUN_FILE, run)
+    return run
 
 
+# ------------------------------------------------------------------------------------------------------ main
 def _remove_stale_temp_files(out: Path, rank: int, world_size: int) -> None:
     """Delete the temporary shard files a killed run left; only this rank's, other ranks may be writing."""
     for stale in out.glob(".shard-*.tmp"):
@@ -340,29 +438,27 @@ def encode_corpus(
     (``model=None``: SmolLM2). ``rank``/``world_size`` default to the ``RANK``/``WORLD_SIZE`` environment
     variables.
 
-    Raises (before writing anything): FileNotFoundError for a missing input; ValueError for an unsupported
-    file type or format, a bad row, ``shard_size < 1``, or an ``output_dir`` that holds a run with other
-    settings.
+    Raises (before writing anything, and before loading a model): FileNotFoundError for a missing input or
+    model; ValueError for an unsupported file type or format, a bad row, invalid UTF-8, a damaged ``.gz``,
+    ``shard_size < 1``, an ``output_dir`` that is a file or not writable, holds shards without ``run.json``,
+    or holds a run with another set-up (:class:`bellm.run_record.RunMismatchError`, naming the field) or a
+    damaged record (:class:`bellm.run_record.CorruptRecordError`).
     """
     from tqdm.auto import tqdm
 
     path = Path(input)
     out = Path(output_dir)
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     rank, world_size = _rank_world(rank, world_size)
-    rows = sum(1 for _ in read_rows(path, text_field))  # validates every row before any output exists
-    if encoder is None:
+    if encoder is not None and encoder_kwargs:
+        raise TypeError(f"encoder given: unexpected arguments {', '.join(sorted(encoder_kwargs))}")
+    rows, setup, previous = _check_before_load(
+        path, out, text_field, shard_size, format, normalize_embeddings, encoder, model, encoder_kwargs
+    )
+    if encoder is None:  # the expensive part, only after every check
         from bellm.encoder import Encoder
 
         encoder = Encoder.from_pretrained(model, **encoder_kwargs)
-    elif encoder_kwargs:
-        raise TypeError(f"encoder given: unexpected arguments {', '.join(sorted(encoder_kwargs))}")
-
-    run = _run_record(path, rows, encoder, text_field, shard_size, format, normalize_embeddings)
-    _check_or_write_run(out, run)
+    run = _check_or_write_run(out, previous, setup, rows, shard_size, format, encoder)
     num_shards = -(-rows // shard_size)
     mine = [i for i in range(num_shards) if i % world_size == rank]
     _remove_stale_temp_files(out, rank, world_size)
@@ -402,6 +498,8 @@ def encode_corpus(
 def rank_device() -> str:
     """The device of this process: ``cuda:$LOCAL_RANK`` (torchrun's local rank, default 0) when CUDA is
     present, else ``cpu``."""
+    import torch
+
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return "cpu"

@@ -19,6 +19,16 @@ closing ``"`` and its hidden state is the embedding. With other poolings the def
 Note (docs/bidirectional.md, section 1): with ``from_layer = num_layers - 1`` and last-token pooling, the embedding
 equals the causal model's exactly: the last query already sees every key in a causal layer and nothing reads the other
 positions after the last layer.
+
+Isolation: an Encoder owns its setting (``from_layer``, ``billm_compat``), not the model's. Several Encoders may
+share one model object; before every encode an Encoder checks the setting the model's layers actually run
+(:func:`bellm.surgery.patched_setting`, one pass over the layers) and re-applies its own when another Encoder or a
+direct :func:`bellm.patch` changed it. Encoders sharing one model must not encode concurrently from several
+threads (the layers' flags are the model's).
+
+Saving: :meth:`Encoder.save_pretrained` writes a whole folder (model safetensors, tokenizer,
+``bellm_encoder.json``) through a temporary folder renamed on success, so an interrupted save leaves nothing
+half-written. A model loaded from a GGUF file saves its de-quantised float weights.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from bellm.tokenization import tokenize_prompted
 
 __all__ = ["Encoder", "BELLM_PROMPT", "POOLING_MODES", "default_max_tokens_per_batch"]
 
+DEFAULT_MAX_LENGTH = 512  # tokens per sentence unless max_length says otherwise (or the model allows fewer)
 _PROGRESS_THRESHOLD = 1000  # show_progress_bar=None shows a bar from this many sentences on
 _ENCODE_KWARGS = (
     "batch_size",
@@ -59,6 +70,22 @@ def default_max_tokens_per_batch(device: torch.device | str) -> int:
     return 16384 if torch.device(device).type == "cuda" else 4096
 
 
+def _check_count(name: str, value, *, none_ok: bool = True) -> int | None:
+    """``value`` as an int >= 1 (numpy integers too), or None when allowed; TypeError / ValueError naming it."""
+    import numbers
+
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int >= 1{' or None' if none_ok else ''}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 def _check_sentences(sentences) -> tuple[list[str], bool]:
     """``(list of str, was_single_str)``; TypeError naming the first bad item."""
     if sentences is None:
@@ -74,6 +101,20 @@ def _check_sentences(sentences) -> tuple[list[str], bool]:
                 f"sentences[{i}] is {type(s).__name__} ({s!r:.60}), not str; every item must be a str"
             )
     return items, False
+
+
+def _raise_for_unencodable(sentences: Sequence[str], err: Exception) -> None:
+    """ValueError naming the first sentence that is not valid Unicode text (a lone surrogate, e.g. from
+    ``errors="surrogateescape"`` decoding), with the character position; returns when every one is valid."""
+    for i, s in enumerate(sentences):
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as bad:
+            raise ValueError(
+                f"sentences[{i}] holds a lone surrogate {s[bad.start]!r} at character {bad.start}, which is not "
+                "valid Unicode text and cannot be tokenized; fix or drop it (e.g. "
+                "s.encode('utf-8', 'replace').decode('utf-8'))"
+            ) from err
 
 
 def _num_layers(model) -> int:
@@ -96,6 +137,36 @@ def _saved_bellm_config(model) -> dict:
     if isinstance(record, dict):
         return record
     return dict(vars(record)) if hasattr(record, "__dict__") else {}
+
+
+def _check_adapter_files(adapter: str | os.PathLike) -> None:
+    """FileNotFoundError for a missing adapter folder; :class:`bellm.errors.DataFileError` (one line, naming
+    the file) for an unreadable ``adapter_config.json`` or a damaged ``adapter_model.safetensors`` header."""
+    from safetensors import safe_open
+
+    from bellm.errors import DataFileError
+
+    path = Path(adapter)
+    if not path.is_dir():
+        raise FileNotFoundError(f"adapter path {str(path)!r} does not exist; pass a directory saved by peft")
+    config = path / "adapter_config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataFileError(
+            f"{config}: not a readable adapter config ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+            "pass a folder saved by peft or bellm train"
+        ) from None
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                list(f.keys())
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type; named here
+            raise DataFileError(
+                f"{weights}: damaged adapter weights ({' '.join(str(err).split())[:160]}); use another "
+                "checkpoint of the run (checkpoints/step-N) or retrain"
+            ) from None
 
 
 def _apply_adapter(model, adapter: str | os.PathLike):
@@ -138,12 +209,17 @@ class Encoder:
     Args:
         pooling: ``"last"`` (default; BeLLM), ``"mean"`` or ``"first"``.
         prompt: a ``{text}`` template, see the module docstring for the default; ``""`` disables it.
-        max_length: tokens per sentence, prompt and special tokens included (default: the model's
-            ``max_position_embeddings``). Longer inputs lose tokens from the end of the *text* part only, so
-            the prompt's tail (the pooled last token) survives; one warning says how many were truncated.
+        max_length: tokens per sentence, prompt and special tokens included (default 512, or the model's
+            ``max_position_embeddings`` when smaller: a sentence encoder rarely needs more, and attention
+            cost grows with the square of the length). Longer inputs lose tokens from the end of the *text*
+            part only, so the prompt's tail (the pooled last token) survives; one warning per call says how
+            many were truncated and how to raise the limit.
         exclude_prompt: pool only over the text's tokens (meaningful for mean pooling), not the prompt's.
         max_tokens_per_batch: default token budget of one packed micro-batch
             (:func:`default_max_tokens_per_batch`).
+
+    Raises TypeError for a non-int ``from_layer`` / ``max_length`` / ``max_tokens_per_batch`` (floats
+    included; numpy integers are fine), ValueError for values < 1 or out of range and for a bad prompt.
     """
 
     def __init__(
@@ -159,11 +235,14 @@ class Encoder:
         exclude_prompt: bool = False,
         max_tokens_per_batch: int | None = None,
     ):
-        from bellm.surgery import patch
+        from bellm.models import forget_gguf_quantizer
+        from bellm.surgery import patch, patched_setting
 
         self.pooling = check_pooling(pooling)
         self.prompt = resolve_prompt(prompt, pooling)
         self.exclude_prompt = bool(exclude_prompt)
+        self.max_tokens_per_batch = _check_count("max_tokens_per_batch", max_tokens_per_batch)
+        max_length = _check_count("max_length", max_length)
         self.tokenizer = tokenizer
         self.num_layers = _num_layers(model)
         saved = _saved_bellm_config(model)
@@ -171,14 +250,13 @@ class Encoder:
             from_layer = saved.get("from_layer", self.num_layers)
             billm_compat = bool(saved.get("billm_compat", billm_compat))
         self.model = patch(model, from_layer=from_layer, billm_compat=billm_compat).eval()
-        self.from_layer = from_layer if from_layer >= 0 else self.num_layers + from_layer
-        self.billm_compat = billm_compat
+        forget_gguf_quantizer(self.model)  # a GGUF-loaded model saves its de-quantised weights
+        self.from_layer = patched_setting(self.model)["from_layer"]  # normalised to 0..num_layers
+        self.billm_compat = bool(billm_compat)
         if max_length is None:
-            max_length = getattr(model.config, "max_position_embeddings", None) or 8192
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.max_length = int(max_length)
-        self.max_tokens_per_batch = max_tokens_per_batch
+            model_limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+            max_length = min(DEFAULT_MAX_LENGTH, model_limit)
+        self.max_length = max_length
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -210,10 +288,18 @@ class Encoder:
         from bellm.models import load_model_and_tokenizer
 
         check_pooling(pooling)
+        from bellm.run_record import read_record
+
+        if adapter is not None:
+            _check_adapter_files(adapter)  # before the (long) model load
         saved = {}
         for directory in (adapter, model_name_or_path):
             if directory is not None and (Path(directory) / ENCODER_CONFIG).is_file():
-                saved = json.loads((Path(directory) / ENCODER_CONFIG).read_text())
+                saved = read_record(
+                    Path(directory) / ENCODER_CONFIG,
+                    what="encoder settings file",
+                    fix="restore it, or delete it and pass from_layer / pooling / prompt / max_length yourself",
+                )
                 break
         model, tokenizer = load_model_and_tokenizer(
             model_name_or_path,
@@ -255,14 +341,34 @@ class Encoder:
         }
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the model (safetensors), tokenizer and ``bellm_encoder.json`` to ``path``."""
-        from bellm._io import atomic_write_json
+        """Write the model (safetensors), tokenizer and ``bellm_encoder.json`` as the new folder ``path``.
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
-        atomic_write_json(path / ENCODER_CONFIG, self.config_dict())
+        Written into a temporary folder beside ``path`` and renamed on success: an interrupted or failed save
+        leaves no folder behind. ``path`` must not exist or be empty (FileExistsError, nothing written).
+        Load it back with :meth:`from_pretrained` (or :func:`bellm.load` for the model alone); plain
+        ``AutoModel.from_pretrained`` refuses to run it as a causal model (see :mod:`bellm.surgery`).
+        """
+        from bellm._io import atomic_dir
+
+        with atomic_dir(path) as tmp:
+            self.write_files(tmp)
+
+    def write_files(self, directory: str | os.PathLike) -> None:
+        """Write the model, tokenizer and ``bellm_encoder.json`` into the existing folder ``directory``
+        (not atomic; :meth:`save_pretrained` wraps it)."""
+        directory = Path(directory)
+        self._ensure_own_setting()  # the saved config.bellm is this Encoder's setting
+        self.model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+        (directory / ENCODER_CONFIG).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+
+    def _ensure_own_setting(self) -> None:
+        """Re-apply this Encoder's setting if the model's layers run another (see the module docstring)."""
+        from bellm.surgery import patch, patched_setting
+
+        own = {"from_layer": self.from_layer, "billm_compat": self.billm_compat}
+        if patched_setting(self.model) != own:
+            patch(self.model, **own)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -289,7 +395,11 @@ class Encoder:
         the prompt and special tokens alone exceed ``max_length`` (:func:`bellm.tokenization.tokenize_prompted`).
         """
         template = self.prompt if prompt is None else resolve_prompt(prompt, self.pooling)
-        return tokenize_prompted(self.tokenizer, sentences, template, self.max_length)
+        try:
+            return tokenize_prompted(self.tokenizer, sentences, template, self.max_length)
+        except (TypeError, UnicodeError) as err:  # the tokenizer's error names no sentence
+            _raise_for_unencodable(sentences, err)
+            raise
 
     # ------------------------------------------------------------------ encoding
     def _hidden(self, batch) -> torch.Tensor:
@@ -317,13 +427,17 @@ class Encoder:
     ) -> tuple[torch.Tensor, int]:
         """Embeddings ``(n, dim)`` float32 on the model's device in input order, and the number of tokens
         run."""
+        max_tokens_per_batch = _check_count("max_tokens_per_batch", max_tokens_per_batch)
+        batch_size = _check_count("batch_size", batch_size)
         ids, masks, num_truncated = self.tokenize(sentences, prompt)
         if num_truncated:
             warnings.warn(
                 f"{num_truncated} of {len(ids)} sentences were longer than max_length={self.max_length} "
-                "tokens and were truncated (the end of the text dropped, the prompt kept)",
+                "tokens and were truncated (the end of the text dropped, the prompt kept); pass a larger "
+                "max_length to keep more",
                 stacklevel=3,
             )
+        self._ensure_own_setting()
         device = self.device
         budget = max_tokens_per_batch or self.max_tokens_per_batch or default_max_tokens_per_batch(device)
         out = torch.zeros(len(ids), self.dim, dtype=torch.float32, device=device)

@@ -13,19 +13,25 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SMOLLM2_GGUF",
     "default_model",
     "default_data_dir",
+    "forget_gguf_quantizer",
     "load_model_and_tokenizer",
+    "num_layers_of",
     "resolve_dtype",
 ]
 
@@ -106,6 +112,8 @@ def default_model(download: bool = True) -> tuple[Path, str]:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` picks bfloat16 on CUDA and float32 on CPU; strings like ``"bf16"``/``"float16"`` are accepted."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
@@ -140,6 +148,7 @@ def load_model_and_tokenizer(
     file is split into directory and ``gguf_file``. ``causal_lm`` loads ``AutoModelForCausalLM`` instead of the
     base ``AutoModel``. The model is returned in eval mode on ``device`` (CUDA when available by default).
     """
+    import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if model_name_or_path is None:
@@ -158,11 +167,103 @@ def load_model_and_tokenizer(
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     torch_dtype = resolve_dtype(dtype, device)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import bellm.surgery  # noqa: F401  (registers "bellm" attention: a saved patched model's config names it)
+
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs).to(device).eval()
+    forget_gguf_quantizer(model)
     return model, tokenizer
+
+
+def forget_gguf_quantizer(model) -> None:
+    """Let a model loaded from a GGUF file save like any other, in place.
+
+    transformers de-quantises GGUF weights into ordinary float tensors at load but keeps its GGUF quantizer
+    (``model.hf_quantizer``) and ``config.quantization_config``, so ``save_pretrained`` refuses ("quantized
+    with gguf and is not serializable") and a saved config would ask for the GGUF loader again. Both are
+    dropped here; the weights are untouched. Models quantized any other way (bitsandbytes, ...) are left
+    alone: their weights really are quantized.
+    """
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if not isinstance(module, PreTrainedModel):
+            continue
+        quantizer = getattr(module, "hf_quantizer", None)
+        method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+        if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+            continue
+        module.hf_quantizer = None
+        module.config.__dict__.pop("quantization_config", None)
+
+
+def num_layers_of(model: str | os.PathLike | None = None, gguf_file: str | None = None) -> int | None:
+    """The number of decoder layers of a local model, read from its files without loading it (milliseconds).
+
+    ``model`` as :func:`load_model_and_tokenizer` takes it (``None``: the bundled SmolLM2, if present).
+    Reads ``num_hidden_layers`` (or ``text_config.num_hidden_layers``) from ``config.json``, or
+    ``<architecture>.block_count`` from a GGUF header. None when the files are absent or say nothing (the load
+    will then report the problem); it never raises.
+    """
+    try:
+        if model is None:
+            directory, gguf_file = default_model(download=False)
+        else:
+            directory = Path(model)
+            if directory.suffix == ".gguf" and gguf_file is None:
+                directory, gguf_file = directory.parent, directory.name
+        if gguf_file is not None:
+            return _gguf_block_count(Path(directory) / gguf_file)
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+        n = config.get("num_hidden_layers", (config.get("text_config") or {}).get("num_hidden_layers"))
+        return int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _gguf_block_count(path: Path) -> int | None:
+    """``<general.architecture>.block_count`` from a GGUF file's key-value header (little-endian, v2/v3)."""
+    with open(path, "rb") as f:
+
+        def read(fmt: str):
+            size = struct.calcsize("<" + fmt)
+            return struct.unpack("<" + fmt, f.read(size))[0]
+
+        def read_str() -> str:
+            return f.read(read("Q")).decode("utf-8", "replace")
+
+        def skip(kind: int) -> None:
+            if kind == 8:
+                f.seek(read("Q"), 1)
+            elif kind == 9:
+                inner, count = read("I"), read("Q")
+                if inner in _GGUF_SCALARS:
+                    f.seek(struct.calcsize("<" + _GGUF_SCALARS[inner]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                f.seek(struct.calcsize("<" + _GGUF_SCALARS[kind]), 1)
+
+        if f.read(4) != b"GGUF" or read("I") < 2:
+            return None
+        read("Q")  # tensor count
+        arch, counts = None, {}
+        for _ in range(read("Q")):
+            key, kind = read_str(), read("I")
+            if key == "general.architecture" and kind == 8:
+                arch = read_str()
+            elif key.endswith(".block_count") and kind in _GGUF_SCALARS:
+                counts[key] = read(_GGUF_SCALARS[kind])
+            else:
+                skip(kind)
+            if arch is not None and f"{arch}.block_count" in counts:
+                return int(counts[f"{arch}.block_count"])
+    return None

@@ -9,10 +9,14 @@ to ``encode`` (the Encoder packs each batch under its token budget; 32, sentence
 small packed batches).
 
 Saving: ``model.save(path)`` writes the Encoder (model safetensors, tokenizer, ``bellm_encoder.json``) and
-``modules.json`` naming ``bellm.st_plugin.BellmEncoderModule``. Load it back with
-``to_sentence_transformer(path)`` (no ``trust_remote_code`` needed: bellm builds the model itself). Plain
-``SentenceTransformer(path)`` also works with bellm installed, but sentence-transformers >= 6 asks for
-``trust_remote_code=True`` for any module class outside its own package, even an installed one.
+``modules.json`` naming ``bellm.st_plugin.BellmEncoderModule``, as a whole new folder: the model
+``to_sentence_transformer`` returns saves into a temporary folder renamed on success, so a failed save leaves
+nothing half-written, and refuses an existing non-empty ``path`` (FileExistsError). A model loaded from a GGUF
+file saves its de-quantised float weights. Load it back with ``to_sentence_transformer(path)`` (no
+``trust_remote_code`` needed: bellm builds the model itself). Plain ``SentenceTransformer(path)`` also works with
+bellm installed, but sentence-transformers >= 6 asks for ``trust_remote_code=True`` for any module class outside
+its own package, even an installed one (here it imports the installed ``bellm.st_plugin``; no code is read from
+the folder).
 
 sentence-transformers' ``prompt=`` (a prefix string) is prepended to the text inside the Encoder's ``{text}``
 template; ``normalize_embeddings`` is applied by sentence-transformers after pooling.
@@ -25,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import InputModule
 
+from bellm._io import atomic_dir
 from bellm.encoder import ENCODER_CONFIG, Encoder
 
-__all__ = ["BellmEncoderModule", "to_sentence_transformer"]
+__all__ = ["BellmEncoderModule", "BellmSentenceTransformer", "to_sentence_transformer"]
 
 
 class BellmEncoderModule(InputModule):
@@ -70,13 +76,26 @@ class BellmEncoderModule(InputModule):
         return self.encoder.dim
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
-        self.encoder.save_pretrained(output_path)
+        # sentence-transformers has already written its own files into output_path: write beside them
+        self.encoder.write_files(output_path)
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> BellmEncoderModule:
         path = Path(model_name_or_path) / subfolder
         device = (kwargs.get("model_kwargs") or {}).get("device")
         return cls(Encoder.from_pretrained(path, device=device))
+
+
+class BellmSentenceTransformer(SentenceTransformer):
+    """The ``SentenceTransformer`` :func:`to_sentence_transformer` returns: its ``save`` writes a whole new
+    folder (a temporary folder renamed on success; FileExistsError for a non-empty ``path``, before anything
+    is written)."""
+
+    def save(self, path, *args, **kwargs) -> None:
+        if path is None:
+            return
+        with atomic_dir(path) as tmp:
+            super().save(str(tmp), *args, **kwargs)
 
 
 def to_sentence_transformer(
@@ -88,8 +107,6 @@ def to_sentence_transformer(
     ``SentenceTransformer.save`` / :meth:`Encoder.save_pretrained` (settings restored); or anything
     :meth:`Encoder.from_pretrained` takes, with ``from_pretrained_kwargs`` (``None`` = the real SmolLM2).
     """
-    from sentence_transformers import SentenceTransformer
-
     if isinstance(encoder_or_path, Encoder):
         if from_pretrained_kwargs:
             raise TypeError(
@@ -111,4 +128,4 @@ def to_sentence_transformer(
                 f"{ENCODER_CONFIG}); load it with SentenceTransformer directly"
             )
         encoder = Encoder.from_pretrained(encoder_or_path, device=device, **from_pretrained_kwargs)
-    return SentenceTransformer(modules=[BellmEncoderModule(encoder)], device=str(device or encoder.device))
+    return BellmSentenceTransformer(modules=[BellmEncoderModule(encoder)], device=str(device or encoder.device))

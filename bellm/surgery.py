@@ -14,7 +14,16 @@ module is the only place in bellm that knows transformers' attention API (transf
   ``config.is_causal`` and the ``is_causal`` forward kwarg are model-wide and would override the per-layer
   flags, so a patched model refuses them (ValueError);
 - the setting is recorded in ``model.config.bellm = {"from_layer": k, "billm_compat": bool}``, so
-  ``save_pretrained`` persists it and :func:`load` re-applies it (no ``trust_remote_code``).
+  ``save_pretrained`` persists it and :func:`load` re-applies it (no ``trust_remote_code``). The saved config
+  also names ``attn_implementation: "bellm"``: plain ``AutoModel.from_pretrained`` of a saved patched model
+  then fails without bellm imported (transformers does not know the implementation), and with bellm imported
+  its first forward raises until :func:`load` re-applies the setting, so a saved BeLLM model can never run
+  as a silently causal model.
+
+Isolation: the first :func:`patch` gives the model (and every submodule that shares its config object) a
+private copy of the config, so a second model built on the same config object is never switched with it.
+:func:`patched_setting` reads the setting a model's attention modules actually run (``bellm.Encoder`` checks
+it before every encode and re-applies its own).
 
 Inputs a patched model accepts (the inputs transformers' flash-attention path accepts):
 
@@ -33,7 +42,9 @@ cache and themselves; bidirectional layers see the whole cache).
 
 from __future__ import annotations
 
+import copy
 import inspect
+import numbers
 import os
 import types
 from collections.abc import Callable
@@ -43,12 +54,14 @@ import torch
 import bellm_kernels
 from bellm_kernels._checks import tensor_version
 
-__all__ = ["patch", "unpatch", "load", "ATTN_IMPLEMENTATION"]
+__all__ = ["patch", "unpatch", "load", "patched_setting", "ATTN_IMPLEMENTATION"]
 
 ATTN_IMPLEMENTATION = "bellm"
 _CONFIG_KEY = "bellm"  # model.config.bellm = {"from_layer": k, "billm_compat": bool}
 _STATE_ATTR = "_bellm_original"  # on the transformers model: what unpatch restores
 _PADS_VISIBLE_ATTR = "_bellm_pads_visible"  # on bidirectional attention modules under billm_compat
+_PATCHED_ATTR = "_bellm_patched"  # on every attention module patch() has set up; the forward refuses others
+_SAVED_IMPL_KEY = "attn_implementation"  # config key: saved configs name the implementation (see docstring)
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _SUPPORTED_DEVICES = ("cpu", "cuda")
 
@@ -124,6 +137,13 @@ def _refuse_unsupported(module: torch.nn.Module, attention_mask, dropout: float,
     """The checks of :func:`bellm_attention_forward` that do not depend on the input layout: ValueError for an
     ``is_causal`` kwarg or a mask that is not 2D, NotImplementedError for softcapping and attention dropout."""
     layer = getattr(module, "layer_idx", "?")
+    if not module.__dict__.get(_PATCHED_ATTR):
+        raise ValueError(
+            f"layer {layer} ({type(module).__name__}) runs bellm's attention but was not patched by bellm, "
+            "so its bidirectional layers would silently run causal (a model saved from a bellm-patched model "
+            "and loaded with plain from_pretrained?); load it with bellm.load(path) or bellm.load(model), or "
+            "bellm.Encoder.from_pretrained(path)"
+        )
     if kwargs.get("is_causal") is not None:
         raise ValueError(
             f"got is_causal={kwargs['is_causal']!r} (a forward kwarg or config.is_causal): it is model-wide "
@@ -363,11 +383,12 @@ def _bellm_extra_repr(self: torch.nn.Module) -> str:
 def _checked_from_layer(hf_model, from_layer, n: int) -> int:
     """``from_layer`` normalised to ``0..n`` after every check :func:`patch` makes before touching the model
     (type and range of ``from_layer``, softcapping, ``config.is_causal``, dtype and device)."""
-    if not isinstance(from_layer, int) or isinstance(from_layer, bool):
+    if not isinstance(from_layer, numbers.Integral) or isinstance(from_layer, bool):
         raise TypeError(
             f"from_layer must be an int in [{-n}, {n}] for this {n}-layer model, got {from_layer!r} "
             f"({type(from_layer).__name__})"
         )
+    from_layer = int(from_layer)  # numpy integers too
     if not -n <= from_layer <= n:
         raise ValueError(
             f"from_layer = {from_layer} is out of range for this {n}-layer model; valid are 0..{n} "
@@ -400,10 +421,13 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
     Args:
         model: a transformers ``PreTrainedModel`` (a base model such as ``LlamaModel``, or a
             ``*ForCausalLM``), or a peft model wrapping one (patched through ``get_base_model()``). Patching a
-            patched model again updates the setting; :func:`unpatch` restores the original.
-        from_layer: ``0..num_layers``. ``num_layers`` makes nothing bidirectional (but still runs the
-            kernel), ``0`` makes every layer bidirectional. Negative values count from the end: ``-1`` (the
-            released BeLLM setting) makes only the last layer bidirectional.
+            patched model again updates the setting; :func:`unpatch` restores the original. The first patch
+            gives the model a private copy of its config (``model.config`` is then a new object), so other
+            models built on the same config object are left as they were.
+        from_layer: an int (numpy integers too) in ``0..num_layers``. ``num_layers`` makes nothing
+            bidirectional (but still runs the kernel), ``0`` makes every layer bidirectional. Negative
+            values count from the end: ``-1`` (the released BeLLM setting) makes only the last layer
+            bidirectional.
         billm_compat: reproduce the training condition of the released BeLLM weights
             (``SeanLee97/bellm-*``): in the bidirectional layers the padded keys of a padded batch are
             *visible* (the released code passed an all-zero additive mask there), so results depend on the
@@ -417,7 +441,9 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
     (``billm_compat=True``).
 
     The setting is stored in ``model.config.bellm = {"from_layer": k, "billm_compat": bool}`` (``k``
-    normalised to ``0..num_layers``), persisted by ``save_pretrained`` and re-applied by :func:`load`.
+    normalised to ``0..num_layers``) with ``config.attn_implementation = "bellm"``, persisted by
+    ``save_pretrained`` and re-applied by :func:`load` (a plain ``from_pretrained`` of the saved folder
+    refuses to run until then, see the module docstring).
     ``print(model)`` shows ``bellm=causal`` or ``bellm=bidirectional`` on each attention module.
 
     Raises:
@@ -438,7 +464,9 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
     state = getattr(hf_model, _STATE_ATTR, None)
     if state is None:
         current = config._attn_implementation
-        if not _is_builtin(current):
+        if current == ATTN_IMPLEMENTATION:  # loaded from a saved patched model: unpatch gives the default
+            current = "sdpa" if getattr(hf_model, "_supports_sdpa", False) else "eager"
+        elif not _is_builtin(current):
             raise ValueError(
                 f"the model uses the custom attention implementation {current!r}; bellm replaces the "
                 "attention function, so switch back first (model.set_attn_implementation('sdpa'))"
@@ -448,7 +476,9 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
             "is_causal": [m.is_causal for m in modules],
             "extra_repr": [m.__dict__.get("extra_repr") for m in modules],
             "config": (_CONFIG_KEY in config.__dict__, config.__dict__.get(_CONFIG_KEY)),
+            "modules": modules,  # for patched_setting: no module search per call
         }
+        config = _own_config(model, hf_model)
     if config._attn_implementation != ATTN_IMPLEMENTATION:  # first patch, or switched away since
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
         if config._attn_implementation != ATTN_IMPLEMENTATION:
@@ -467,16 +497,63 @@ def patch(model, from_layer: int = -1, *, billm_compat: bool = False):
             setattr(m, _PADS_VISIBLE_ATTR, True)
         else:
             m.__dict__.pop(_PADS_VISIBLE_ATTR, None)
+        setattr(m, _PATCHED_ATTR, True)
     setattr(config, _CONFIG_KEY, {"from_layer": k, "billm_compat": bool(billm_compat)})
+    setattr(config, _SAVED_IMPL_KEY, ATTN_IMPLEMENTATION)
     return model
+
+
+def _own_config(model, hf_model):
+    """Give ``hf_model`` a private deep copy of its config and return it.
+
+    Every submodule of ``model`` (the peft wrapper, if any) and ``hf_model`` that holds the old config object,
+    or one of its sub-configs, is pointed at the copy, so patching never switches another model that was built
+    on the same config object (transformers' attention and mask dispatch read ``config._attn_implementation``).
+    """
+    from transformers import PretrainedConfig
+
+    memo: dict = {}
+    copied = copy.deepcopy(hf_model.config, memo)
+    roots = [hf_model] + ([model] if isinstance(model, torch.nn.Module) and model is not hf_model else [])
+    for root in roots:
+        for module in root.modules():
+            held = module.__dict__.get("config")
+            if isinstance(held, PretrainedConfig) and id(held) in memo:
+                module.__dict__["config"] = memo[id(held)]
+    return copied
+
+
+def patched_setting(model) -> dict | None:
+    """The setting ``{"from_layer": k, "billm_compat": bool}`` that the model's attention modules run now.
+
+    ``None`` when the model is not patched, was switched to another attention implementation since, or its
+    per-layer flags no longer form one ``from_layer`` setting. Reads the flags themselves, not
+    ``config.bellm``, and costs one pass over the layers (no module search), so it can run before every call.
+    """
+    hf_model = _transformers_model(model)
+    state = getattr(hf_model, _STATE_ATTR, None)
+    if state is None or hf_model.config._attn_implementation != ATTN_IMPLEMENTATION:
+        return None
+    modules = state["modules"]
+    flags = [bool(m.is_causal) for m in modules]
+    k = flags.index(False) if False in flags else len(flags)
+    if any(flags[k:]) or not all(m.__dict__.get(_PATCHED_ATTR) for m in modules):
+        return None
+    visible = [bool(m.__dict__.get(_PADS_VISIBLE_ATTR)) for m in modules[k:]]
+    if any(visible) and not all(visible):
+        return None
+    if not visible:  # no bidirectional layer: billm_compat changes nothing, report what was asked for
+        recorded = getattr(hf_model.config, _CONFIG_KEY, None) or {}
+        return {"from_layer": k, "billm_compat": bool(recorded.get("billm_compat", False))}
+    return {"from_layer": k, "billm_compat": all(visible)}
 
 
 def unpatch(model):
     """Undo :func:`patch` in place and return ``model``.
 
     Restores the attention implementation, every module's ``is_causal`` and ``extra_repr``, and
-    ``config.bellm`` as they were before the first patch (removed if it was absent). ValueError when
-    ``model`` is not patched.
+    ``config.bellm`` as they were before the first patch (removed if it was absent); the config stays the
+    private copy the first patch made. ValueError when ``model`` is not patched.
     """
     hf_model = _transformers_model(model)
     state = getattr(hf_model, _STATE_ATTR, None)
@@ -487,10 +564,12 @@ def unpatch(model):
     for m, flag, repr_fn in zip(modules, state["is_causal"], state["extra_repr"]):
         m.is_causal = flag
         m.__dict__.pop(_PADS_VISIBLE_ATTR, None)
+        m.__dict__.pop(_PATCHED_ATTR, None)
         m.__dict__.pop("extra_repr", None)
         if repr_fn is not None:
             m.extra_repr = repr_fn
     hf_model.config.__dict__.pop(_CONFIG_KEY, None)
+    hf_model.config.__dict__.pop(_SAVED_IMPL_KEY, None)
     had_setting, setting = state["config"]
     if had_setting:
         setattr(hf_model.config, _CONFIG_KEY, setting)

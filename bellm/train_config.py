@@ -6,11 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bellm.common import BELLM_PROMPT, check_pooling
+from bellm.errors import UsageError
 
 __all__ = ["TrainConfig", "RESUME_FREE", "check_config"]
 
-# fields that may change between a run and its resume without changing the result
-RESUME_FREE = {"resume", "overwrite", "progress", "save_steps", "save_total_limit", "device"}
+# fields that may change between a run and its resume without changing the result; output_dir is the folder
+# itself (any spelling of it), data / eval_data / model are compared by content (the run record's "identity")
+RESUME_FREE = {
+    "resume",
+    "overwrite",
+    "progress",
+    "save_steps",
+    "save_total_limit",
+    "device",
+    "output_dir",
+    "data",
+    "eval_data",
+    "model",
+}
 
 
 @dataclass
@@ -65,14 +78,28 @@ class TrainConfig:
 
 
 def check_config(config: TrainConfig) -> None:
-    """ValueError naming the first bad setting (before anything is loaded)."""
+    """:class:`bellm.errors.UsageError` (a ValueError) naming the first bad setting, before anything is read
+    or loaded; ``from_layer`` is checked against the layer count in the model's files (no model load)."""
+    from bellm.models import num_layers_of
+    from bellm.train_data import prompt_template_check
+
     for name in ("batch_size", "grad_accum", "epochs", "max_length", "lora_r", "logging_steps"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+            raise UsageError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.max_steps is not None and config.max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
+        raise UsageError(f"max_steps must be >= 1, got {config.max_steps}")
     if config.resume and config.overwrite:
-        raise ValueError("pass --resume or --overwrite, not both")
-    check_pooling(config.pooling)
+        raise UsageError("pass --resume or --overwrite, not both")
+    try:
+        check_pooling(config.pooling)
+        prompt_template_check(config.prompt)
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
     if config.eval_steps and not config.eval_data:
-        raise ValueError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
+        raise UsageError("eval_steps needs eval_data (a scored-pairs file such as STS-B dev)")
+    n = num_layers_of(config.model, config.gguf_file)
+    if n is not None and not -n <= config.from_layer <= n:
+        raise UsageError(
+            f"from_layer = {config.from_layer} is out of range for this {n}-layer model; use "
+            f"0..{n} or -{n}..-1 (counted from the end)"
+        )

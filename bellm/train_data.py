@@ -20,8 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bellm._io import open_text
+from bellm._io import open_text, text_errors
 from bellm.common import BELLM_PROMPT
+from bellm.errors import DataFileError
 
 __all__ = ["DataError", "TrainData", "read_train_data", "prompt_token_ids", "BELLM_PROMPT"]
 
@@ -30,7 +31,7 @@ TRIPLET_COLUMNS = (("anchor", "text"), ("positive",), ("negative",))
 PAIR_COLUMNS = (("sentence1", "text1"), ("sentence2", "text2"), ("score", "label"))
 
 
-class DataError(ValueError):
+class DataError(DataFileError):
     """A training file that cannot be read: names the file, the line and what was expected."""
 
 
@@ -52,7 +53,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)``; for TSV the header is line 1 and rows start at line 2."""
     name = path.name.removesuffix(".gz")
     if name.endswith(".jsonl") or name.endswith(".json"):
-        with open_text(path) as f:
+        with text_errors(path, DataError), open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -66,7 +67,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                     )
                 yield lineno, row
     elif name.endswith(".tsv") or name.endswith(".txt"):
-        with open_text(path) as f:
+        with text_errors(path, DataError), open_text(path) as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None:
@@ -149,11 +150,21 @@ def read_train_data(path: str | os.PathLike, kind: str = "auto", limit: int | No
     return TrainData(kind=kind, texts=texts, scores=scores if kind == "pairs" else None, path=str(path))
 
 
+def prompt_template_check(prompt: str) -> str:
+    """``prompt`` itself when it is a str holding the placeholder ``{text}`` exactly once (every other brace is
+    literal text); TypeError / ValueError otherwise."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str template containing {{text}}, got {type(prompt).__name__}")
+    if prompt.count("{text}") != 1:
+        raise ValueError(f"prompt must contain the placeholder {{text}} exactly once, got {prompt!r}")
+    return prompt
+
+
 def prompt_token_ids(
     tokenizer, texts: Sequence[str], prompt: str = BELLM_PROMPT, max_length: int | None = 60
 ) -> list[list[int]]:
-    """Token ids of ``prompt.format(text=t)`` for each text, at most ``max_length`` tokens including the
-    prompt.
+    """Token ids of the prompted text (``prompt`` with its one ``{text}`` replaced by ``t``; every other brace
+    is literal, as in the Encoder) for each text, at most ``max_length`` tokens including the prompt.
 
     A sequence that fits is the tokenization of the whole prompted string (as the encoder tokenizes it). A
     longer one keeps the prompt whole and cuts the *text* (its last tokens, found from the fast tokenizer's
@@ -162,10 +173,8 @@ def prompt_token_ids(
     long sentences; here 60 is the same total budget, spent on the text.) Raises ValueError when the prompt
     alone does not fit in ``max_length``.
     """
-    if "{text}" not in prompt:
-        raise ValueError(f"prompt must contain '{{text}}', got {prompt!r}")
-    prefix, suffix = prompt.split("{text}", 1)
-    prompted = [prompt.format(text=t) for t in texts]
+    prefix, suffix = prompt_template_check(prompt).split("{text}")
+    prompted = [prefix + t + suffix for t in texts]
     enc = tokenizer(prompted, add_special_tokens=True, return_offsets_mapping=max_length is not None)
     out = []
     for t, ids, offsets in zip(texts, enc["input_ids"], enc.get("offset_mapping", [None] * len(texts))):

@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.pt"
-OWNED = (
+OWNED = (  # every name bellm train writes in its output folder (listed in run_config.json)
     "adapter_model.safetensors",
     "adapter_config.json",
     "README.md",
@@ -72,7 +72,10 @@ OWNED = (
     LOG_FILE,
     "best",
     "checkpoints",
+    ".final",
 )
+OUTPUTS_KEY = "bellm_outputs"  # run_config.json: the names bellm train writes in its folder (--overwrite)
+IDENTITY_KEY = "identity"  # run_config.json: what the result depends on besides the config (bellm.run_record)
 
 # ---------------------------------------------------------------------------- forward + loss
 
@@ -235,46 +238,183 @@ class DataOrder:
 # ---------------------------------------------------------------------------- files
 
 
-def _prepare_output(config: TrainConfig, rank: int) -> Path | None:
-    """Check/clean the output dir; returns the checkpoint dir to resume from (or None)."""
+def _run_identity(config: TrainConfig, device: torch.device) -> dict:
+    """Everything besides the config that the result depends on: the content of the data, eval data and model
+    files, the weights' dtype and device type, and the bellm version (:mod:`bellm.run_record`)."""
+    import bellm
+    from bellm.models import resolve_dtype
+    from bellm.run_record import input_identity, model_identity
+
+    return {
+        "bellm_version": bellm.__version__,
+        "data": input_identity(config.data),
+        "eval_data": input_identity(config.eval_data) if config.eval_data else None,
+        "model": model_identity(config.model, config.gguf_file),
+        "dtype": "nf4" if config.load_in_4bit else str(resolve_dtype(config.dtype, device)),
+        "device_type": device.type,
+    }
+
+
+def _prepare_output(config: TrainConfig, rank: int, identity: dict) -> Path | None:
+    """Check (and for ``--overwrite`` clean) the output folder, before any model is loaded; returns the
+    checkpoint folder to resume from (or None).
+
+    Raises NotADirectoryError / PermissionError for an unusable path, FileExistsError for a non-empty folder
+    without ``--resume`` / ``--overwrite`` and for ``--overwrite`` on a folder without bellm's run record,
+    :class:`bellm.run_record.RunMismatchError` for a resume with another set-up,
+    :class:`bellm.run_record.CorruptRecordError` for a damaged record or no usable checkpoint.
+    """
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output {str(out)!r} is a file; pass a directory")
+    _check_output_path(out)
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    latest = out / "checkpoints" / "latest"
     if entries and not (config.resume or config.overwrite):
         raise FileExistsError(
             f"output dir {str(out)!r} is not empty (holds {', '.join(entries[:6])}"
             f"{', ...' if len(entries) > 6 else ''})"
             "; pass --resume to continue that run or --overwrite to replace it, or choose another --output"
         )
-    if config.resume and latest.is_file():
-        saved = json.loads((out / RUN_CONFIG).read_text())
-        now = dataclasses.asdict(config)
-        defaults = dataclasses.asdict(TrainConfig(data="", output_dir=""))  # fields added after that run
-        diff = {
-            k: (saved.get(k, defaults[k]), v)
-            for k, v in now.items()
-            if k not in RESUME_FREE and saved.get(k, defaults[k]) != v
-        }
-        if diff:
-            detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"--resume with a different configuration than the run in {str(out)!r}: {detail}"
+    if config.resume and entries:
+        if not (out / RUN_CONFIG).is_file():
+            raise FileExistsError(
+                f"--resume: {str(out)!r} holds files but no {RUN_CONFIG}, so it is not a bellm run (or bellm "
+                "cannot tell which set-up wrote it); choose another --output"
             )
-        return out / "checkpoints" / latest.read_text().strip()
+        _check_resume(config, out, identity)
+        return find_resume_checkpoint(out)
     if config.overwrite and entries and rank == 0:
-        foreign = [e for e in entries if e not in OWNED and not e.startswith(".")]
-        for name in OWNED:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        if foreign:
-            logger.warning(
-                "bellm train: --overwrite left files it does not own in %s: %s", out, ", ".join(foreign)
+        _remove_own_outputs(out, entries)
+    return None
+
+
+def _check_output_path(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {str(out)!r} is a file; pass a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"output {str(out)!r}: {str(existing)!r} is a file; pass a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {str(existing)!r} is not writable; choose another --output")
+
+
+def _check_resume(config: TrainConfig, out: Path, identity: dict) -> None:
+    """RunMismatchError naming the first config field or identity field that differs from the recorded run."""
+    from bellm.run_record import CorruptRecordError, RunMismatchError, check_same_run, read_record
+
+    saved = read_record(out / RUN_CONFIG)
+    fix = "choose another --output for this set-up (or resume with the recorded one)"
+    now = dataclasses.asdict(config)
+    defaults = dataclasses.asdict(TrainConfig(data="", output_dir=""))  # fields added after that run
+    for k, v in now.items():
+        if k not in RESUME_FREE and saved.get(k, defaults[k]) != v:
+            raise RunMismatchError(
+                f"--resume with a different configuration than the run in {str(out)!r}: {k}: saved "
+                f"{saved.get(k, defaults[k])!r}, now {v!r}; {fix}"
             )
+    if not isinstance(saved.get(IDENTITY_KEY), dict):
+        raise CorruptRecordError(
+            f"{out / RUN_CONFIG} records no data/model identity (written by an older bellm), so a resume could "
+            "mix data or models; choose another --output"
+        )
+    check_same_run(saved[IDENTITY_KEY], identity, where=str(out / RUN_CONFIG), fix=fix)
+
+
+def _remove_own_outputs(out: Path, entries: list[str]) -> None:
+    """``--overwrite``: delete exactly the names the folder's run record lists as bellm's outputs.
+
+    FileExistsError, deleting nothing, when the folder has no readable bellm run record (bellm did not make
+    it). Files bellm does not own are kept, and named in a warning.
+    """
+    from bellm.run_record import CorruptRecordError, read_record
+
+    record_path = out / RUN_CONFIG
+    refuse = (
+        f"--overwrite refused: {str(out)!r} was not created by bellm train (no readable {RUN_CONFIG} listing "
+        "its outputs), so nothing was deleted; choose another --output or empty the folder yourself"
+    )
+    if not record_path.is_file():
+        raise FileExistsError(refuse)
+    try:
+        owned = read_record(record_path).get(OUTPUTS_KEY)
+    except CorruptRecordError:
+        raise FileExistsError(refuse) from None
+    if not isinstance(owned, list) or not all(isinstance(n, str) and n == Path(n).name for n in owned):
+        raise FileExistsError(refuse)
+    for name in [n for n in owned if n != RUN_CONFIG] + [RUN_CONFIG]:  # the record last
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    foreign = [e for e in entries if e not in owned]
+    if foreign:
+        logger.warning(
+            "bellm train: --overwrite kept files bellm did not write in %s: %s", out, ", ".join(foreign)
+        )
+
+
+def _checkpoint_problem(ckdir: Path) -> str | None:
+    """Why ``ckdir`` cannot be resumed from (missing, or a file that does not load), or None when it can."""
+    from safetensors import safe_open
+
+    if not ckdir.is_dir():
+        return "missing"
+    for name in ("adapter_model.safetensors", "adapter_config.json", STATE_FILE):
+        if not (ckdir / name).is_file():
+            return f"no {name}"
+    try:
+        with safe_open(str(ckdir / "adapter_model.safetensors"), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+        json.loads((ckdir / "adapter_config.json").read_text(encoding="utf-8"))
+        state = torch.load(ckdir / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to load makes the checkpoint unusable; named below
+        return f"does not load ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+    if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "rng"} <= set(state):
+        return f"{STATE_FILE} lacks the trainer state"
+    return None
+
+
+def find_resume_checkpoint(out: Path) -> Path | None:
+    """The checkpoint to resume from: ``checkpoints/latest`` when it loads, else the newest one that does.
+
+    Damaged or missing checkpoints are skipped with a warning naming the skipped one and the one used.
+    Returns None when the run has no checkpoints yet (it starts from step 0). Raises
+    :class:`bellm.run_record.CorruptRecordError` when checkpoints exist and none loads.
+    """
+    from bellm.run_record import CorruptRecordError
+
+    ckroot = out / "checkpoints"
+    latest_file = ckroot / "latest"
+    steps = sorted(
+        (p for p in ckroot.glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+        reverse=True,
+    )
+    candidates = []
+    if latest_file.is_file():
+        name = latest_file.read_text(encoding="utf-8", errors="replace").strip()
+        candidates.append(
+            ckroot / name if name and name == Path(name).name else ckroot / "(unreadable latest)"
+        )
+    candidates += [p for p in steps if p not in candidates]
+    skipped = []
+    for ckdir in candidates:
+        problem = _checkpoint_problem(ckdir)
+        if problem is None:
+            if skipped:
+                logger.warning(
+                    "bellm train: checkpoint %s is unusable; resuming from the previous good one, %s",
+                    skipped[0],
+                    ckdir,
+                )
+            return ckdir
+        skipped.append(f"{ckdir} ({problem})")
+    if skipped:
+        raise CorruptRecordError(
+            f"no usable checkpoint in {ckroot}: {'; '.join(skipped)}; start the run again with --overwrite"
+        )
     return None
 
 
@@ -394,6 +534,7 @@ class _Run:
     """The state of one training run, shared by the steps of :func:`train`."""
 
     config: TrainConfig
+    identity: dict  # the run record's "identity": data/model hashes, dtype, device type (_run_identity)
     world: int
     rank: int
     device: torch.device
@@ -449,7 +590,8 @@ def _set_up(config: TrainConfig) -> tuple[_Run, Path | None]:
 
     world, rank, device = _init_distributed(config)
     data: TrainData = read_train_data(config.data, config.data_kind, config.max_examples)
-    resume_from = _prepare_output(config, rank)
+    identity = _run_identity(config, device)
+    resume_from = _prepare_output(config, rank, identity)  # all before the model loads
     if world > 1:
         dist.barrier()
     model, tokenizer, num_layers = build_model(config, device)
@@ -471,6 +613,7 @@ def _set_up(config: TrainConfig) -> tuple[_Run, Path | None]:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     run = _Run(
         config=config,
+        identity=identity,
         world=world,
         rank=rank,
         device=device,
@@ -520,7 +663,8 @@ def _resume(run: _Run, resume_from: Path | None) -> None:
         torch.manual_seed(run.config.seed + run.rank)
     if run.rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.out / RUN_CONFIG, dataclasses.asdict(run.config))
+        record = {**dataclasses.asdict(run.config), IDENTITY_KEY: run.identity, OUTPUTS_KEY: list(OWNED)}
+        atomic_write_json(run.out / RUN_CONFIG, record)
         kept = _read_log(run.log_path, run.step)
         atomic_write_text(run.log_path, "".join(line + "\n" for line in kept))
 
@@ -626,7 +770,10 @@ def _save_checkpoint(run: _Run) -> None:
         torch.save(state, buf)
         name = f"step-{run.step}"
         ckdir = run.out / "checkpoints"
-        _save_adapter_files(run.model, ckdir / name, {STATE_FILE: buf.getvalue()})
+        enc = json.dumps(
+            _encoder_config(run.config, run.num_layers), indent=2
+        ).encode()  # a complete artefact
+        _save_adapter_files(run.model, ckdir / name, {STATE_FILE: buf.getvalue(), ENCODER_CONFIG: enc})
         atomic_write_text(ckdir / "latest", name + "\n")
         old = sorted((p for p in ckdir.glob("step-*") if p.name != name), key=lambda p: int(p.name[5:]))
         for p in old[: max(0, len(old) - (run.config.save_total_limit - 1))]:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bellm.common import BELLM_PROMPT, format_score, normalize_whitespace, resolve_prompt
+from bellm.common import BELLM_PROMPT, LAYER_NORMS, format_score, normalize_whitespace, resolve_prompt
 from bellm.evaluate import spearman_cosine, to_jsonable
 from bellm.sts_data import STSPairs, load_sts
 
@@ -59,7 +59,6 @@ __all__ = [
     "plot_curve",
 ]
 
-LAYER_NORMS = ("final", "none")
 _NORM_DOC = {
     "final": "the model's final norm applied to every layer's hidden states "
     "(hidden_states[-1] already has it)",

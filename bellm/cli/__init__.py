@@ -44,6 +44,11 @@ def build_parser(load: str | None = "all") -> argparse.ArgumentParser:
     """The ``bellm`` parser. ``load``: the subcommand whose module is imported and whose options are added
     (``"all"``: every one; ``None``: none, enough for ``bellm --help``)."""
     parser = argparse.ArgumentParser(prog="bellm", description=DESCRIPTION)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also accepted anywhere after the subcommand)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)
@@ -65,9 +70,27 @@ def _configure_logging() -> None:
         logger.propagate = False
 
 
+# the command line's own mistakes (exit 2): options, paths and a resume with another set-up
+_USAGE_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def exit_code(err: BaseException) -> int:
+    """2 for a usage error (:class:`bellm.errors.UsageError`, a missing or unusable path), 1 for anything
+    else (a bad file's content, a failed run)."""
+    from bellm.errors import EXIT_DATA, EXIT_USAGE, UsageError
+
+    return EXIT_USAGE if isinstance(err, (UsageError, *_USAGE_ERRORS)) else EXIT_DATA
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``bellm`` console script and ``python -m bellm``; returns the exit status."""
+    """Entry point of the ``bellm`` console script and ``python -m bellm``; returns the exit status.
+
+    An error is reported as one line, ``bellm COMMAND: error: ...``, with exit status 2 for usage errors and 1
+    for data errors (:func:`exit_code`); ``--debug`` (anywhere on the line) re-raises it with its traceback.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(load=chosen)
     args = parser.parse_args(argv)
@@ -75,4 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _configure_logging()
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"bellm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"bellm {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return exit_code(err)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bellm.cli._help import MODEL_HELP
 from bellm.common import POOLING_MODES
@@ -42,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='a {text} template; default BeLLM\'s for last pooling, none otherwise; "" for none',
     )
     parser.add_argument("--exclude-prompt", action="store_true", help="pool over the text's tokens only")
-    parser.add_argument("--max-length", type=int, default=None, help="tokens per sentence (text truncated)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per sentence, prompt included (default 512, or the model's limit when smaller; longer "
+        "texts are cut at the end of the text, with a warning)",
+    )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     parser.add_argument("--shard-size", type=int, default=10_000, help="rows per shard (default 10000)")
     parser.add_argument("--format", default="safetensors", choices=FORMATS)
@@ -65,35 +70,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for a bad option or path, in milliseconds, before torch is imported or a model loaded."""
+    from bellm.cli import _checks
+
+    _checks.check_existing("--input", args.input, kind="file")
+    _checks.check_existing("--model", args.model)
+    _checks.check_existing("--adapter", args.adapter, kind="folder")
+    _checks.check_from_layer(args.from_layer, args.model, args.gguf_file)
+    _checks.check_prompt(args.prompt, args.pooling)
+    for flag, value in (
+        ("--max-length", args.max_length),
+        ("--batch-size", args.batch_size),
+        ("--max-tokens-per-batch", args.max_tokens_per_batch),
+        ("--shard-size", args.shard_size),
+    ):
+        _checks.check_count(flag, value)
+    _checks.check_output_dir("--output", args.output)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from bellm.corpus import encode_corpus, rank_device
 
-    try:
-        index = encode_corpus(
-            args.input,
-            args.output,
-            model=args.model,
-            text_field=args.field,
-            shard_size=args.shard_size,
-            format=args.format,
-            batch_size=args.batch_size,
-            max_tokens_per_batch=args.max_tokens_per_batch,
-            normalize_embeddings=args.normalize,
-            show_progress_bar=not args.no_progress,
-            gguf_file=args.gguf_file,
-            adapter=args.adapter,
-            from_layer=args.from_layer,
-            pooling=args.pooling,
-            prompt=args.prompt,
-            exclude_prompt=args.exclude_prompt,
-            max_length=args.max_length,
-            dtype=args.dtype,
-            device=args.device if args.device is not None else rank_device(),
-            trust_remote_code=args.trust_remote_code,
-        )
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"bellm encode: error: {err}", file=sys.stderr)
-        return 2
+    index = encode_corpus(
+        args.input,
+        args.output,
+        model=args.model,
+        text_field=args.field,
+        shard_size=args.shard_size,
+        format=args.format,
+        batch_size=args.batch_size,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        normalize_embeddings=args.normalize,
+        show_progress_bar=not args.no_progress,
+        gguf_file=args.gguf_file,
+        adapter=args.adapter,
+        from_layer=args.from_layer,
+        pooling=args.pooling,
+        prompt=args.prompt,
+        exclude_prompt=args.exclude_prompt,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        device=args.device if args.device is not None else rank_device(),
+        trust_remote_code=args.trust_remote_code,
+    )
     state = "complete" if index["complete"] else f"{len(index['missing_shards'])} shards left to other ranks"
     print(
         f"bellm encode: {index['rows']} rows x {index['dim']} in {index['num_shards']} shards under "

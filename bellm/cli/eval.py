@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bellm.cli._help import DATA_DIR_HELP, MODEL_HELP
 from bellm.common import POOLING_MODES
@@ -58,18 +57,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="write the results as JSON here (atomically)")
 
 
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """UsageError for a bad model option (``add_model_arguments``), before any model is loaded."""
+    from bellm.cli import _checks
+
+    _checks.check_existing("--model", args.model)
+    _checks.check_existing("--adapter", args.adapter, kind="folder")
+    _checks.check_from_layer(args.from_layer, args.model)
+    _checks.check_prompt(args.prompt, args.pooling)
+    _checks.check_count("--batch-size", args.batch_size)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for a bad option of ``bellm eval``, before any model is loaded."""
+    from bellm.cli import _checks
+    from bellm.errors import UsageError
+    from bellm.sts_data import TASKS, _check
+
+    check_model_arguments(args)
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASKS)}")
+    for task in args.tasks:
+        if task in ("STSBenchmark", "SICKRelatedness"):
+            try:
+                _check(task, args.split, "raw" if args.raw else "senteval")
+            except ValueError as err:
+                raise UsageError(f"--split: {err}") from None
+    _checks.check_count("--max-pairs", args.max_pairs)
+    _checks.check_existing("--data-dir", args.data_dir, kind="folder")
+    _checks.check_output_file("--output", args.output)
+
+
+def describe_encoder(encoder, args: argparse.Namespace) -> tuple[str, dict]:
+    """The row label and the ``model`` record of a results file, from what the Encoder actually runs (an
+    adapter's saved from_layer included), not from the command line."""
+    setting = encoder.config_dict()
+    k, n = setting["from_layer"], encoder.num_layers
+    label = "causal" if k >= n else f"from_layer={k}"
+    if args.adapter:
+        label += " + adapter"
+    record = {
+        "model": args.model or "SmolLM2-135M-Instruct (default)",
+        "adapter": args.adapter,
+        "num_layers": n,
+        **setting,
+    }
+    return label, record
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from bellm._io import atomic_write_json
     from bellm.encoder import Encoder
     from bellm.evaluate import evaluate_sts, format_markdown, to_jsonable
-    from bellm.sts_data import TASKS
 
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown:
-        print(
-            f"error: unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASKS)}", file=sys.stderr
-        )
-        return 2
     encoder = Encoder.from_pretrained(
         args.model,
         from_layer=args.from_layer,
@@ -88,14 +130,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_pairs=args.max_pairs,
     )
-    results["model"] = {
-        "model": args.model or "SmolLM2-135M-Instruct (default)",
-        "from_layer": args.from_layer,
-        "adapter": args.adapter,
-        "pooling": args.pooling,
-        "prompt": args.prompt,
-    }
-    name = "causal" if args.from_layer is None else f"from_layer={args.from_layer}"
+    name, results["model"] = describe_encoder(encoder, args)
     print(format_markdown(results, name))
     if args.output:
         atomic_write_json(args.output, to_jsonable(results))

@@ -46,8 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for a bad option or path, in milliseconds, before torch is imported or a model loaded (the
+    library checks the rest, still before the model loads)."""
+    from bellm.cli import _checks
+
+    _checks.check_existing("--data", args.data, kind="file")
+    _checks.check_existing("--eval-data", args.eval_data, kind="file")
+    _checks.check_existing("--model", args.model)
+    _checks.check_from_layer(args.from_layer, args.model, args.gguf_file)
+    _checks.check_output_dir("--output", args.output_dir)
+
+
 def run(args: argparse.Namespace) -> int:
-    from bellm.trainer import TrainConfig, train
+    check_arguments(args)
+    from bellm.train_config import TrainConfig
+    from bellm.trainer import train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 
 from bellm.cli._help import DATA_DIR_HELP, MODEL_HELP
-from bellm.common import POOLING_MODES
+from bellm.common import LAYER_NORMS, POOLING_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bellm.turning_point import LAYER_NORMS
-
     parser.add_argument(
         "--model",
         default=None,
@@ -39,7 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for a bad option of ``bellm turning-point``, before any model is loaded."""
+    from bellm.cli import _checks
+
+    _checks.check_existing("--model", args.model)
+    _checks.check_prompt(args.prompt, args.pooling)
+    for flag, value in (
+        ("--smooth", args.smooth),
+        ("--max-pairs", args.max_pairs),
+        ("--stride", args.stride),
+        ("--batch-size", args.batch_size),
+    ):
+        _checks.check_count(flag, value)
+    for k in args.from_layers or ():
+        _checks.check_from_layer(k, args.model)
+    _checks.check_existing("--data-dir", args.data_dir, kind="folder")
+    _checks.check_output_dir("--output", args.output)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from bellm.models import load_model_and_tokenizer
     from bellm.turning_point import find_turning_point, sweep_from_layer
 

@@ -193,7 +193,8 @@ def test_cli_eval_on_a_tiny_saved_model(tmp_path, capsys):
     assert set(saved["scores"]) == {"STS12", "SICKRelatedness"} and saved["pairs"]["STS12"] == 40
     assert saved["model"]["from_layer"] == 1
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temporary file
-    args = parser.parse_args(["--model", str(model_dir), "--tasks", "STS99"])
-    assert run(args) == 2
+    from bellm.cli import main
+
+    assert main(["eval", "--model", str(model_dir), "--tasks", "STS99"]) == 2  # bad arguments: one line, exit 2
     assert "valid tasks" in capsys.readouterr().err
     assert TASKS[0] == "STS12"

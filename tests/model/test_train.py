@@ -437,13 +437,19 @@ def test_bad_settings_and_output_dir(model_dir, tmp_path):
     (tmp_path / "b" / "something.txt").write_text("x")
     with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
         train(_config(model_dir, tmp_path / "b"))
+    # --overwrite refuses a folder bellm did not create (no run record), deleting nothing
+    with pytest.raises(FileExistsError, match="not created by bellm train.*nothing was deleted"):
+        train(_config(model_dir, tmp_path / "b", max_steps=1, overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["something.txt"]
     # --overwrite replaces a previous run but keeps files it does not own
-    train(_config(model_dir, tmp_path / "b", max_steps=1, overwrite=True))
-    assert (tmp_path / "b" / "something.txt").exists() and (
-        tmp_path / "b" / "adapter_model.safetensors"
+    train(_config(model_dir, tmp_path / "c", max_steps=1))
+    (tmp_path / "c" / "something.txt").write_text("x")
+    train(_config(model_dir, tmp_path / "c", max_steps=1, overwrite=True))
+    assert (tmp_path / "c" / "something.txt").exists() and (
+        tmp_path / "c" / "adapter_model.safetensors"
     ).exists()
     with pytest.raises(FileExistsError):
-        train(_config(model_dir, tmp_path / "b", max_steps=1))
+        train(_config(model_dir, tmp_path / "c", max_steps=1))
 
 
 def test_nan_loss_stops_with_step_and_saves_nothing(model_dir, tmp_path, monkeypatch):
