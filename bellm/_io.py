@@ -17,7 +17,16 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_dir", "atomic_write_text", "atomic_write_json", "open_text", "text_errors"]
+__all__ = [
+    "atomic_path",
+    "atomic_dir",
+    "atomic_write_text",
+    "atomic_write_json",
+    "check_output_dir",
+    "nearest_existing",
+    "open_text",
+    "text_errors",
+]
 
 
 def _fresh_name(target: Path) -> Path:
@@ -159,3 +168,31 @@ def _first_undecodable_line(path) -> int | None:
     except (OSError, EOFError, zlib.error):
         return None
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output paths, checked before any work
+# ---------------------------------------------------------------------------------------------------------
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def check_output_dir(flag: str, path: str | os.PathLike) -> None:
+    """:class:`bellm.errors.UsageError` (one line naming ``flag`` and ``path``) unless ``path`` is, or can be
+    created as, a writable folder: not a file, no file in the way, the nearest existing folder writable."""
+    from bellm.errors import UsageError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a file; pass a folder path")
+    existing = nearest_existing(p)
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {str(path)!r}: the folder {str(existing)!r} is not writable; choose another path")

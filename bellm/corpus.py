@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bellm._io import atomic_path, atomic_write_json, open_text, text_errors
+from bellm._io import atomic_path, atomic_write_json, check_output_dir, open_text, text_errors
 from bellm.errors import DataFileError, UsageError
 from bellm.run_record import check_same_run
 
@@ -251,19 +251,6 @@ def _barrier_if_distributed(world_size: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ run record
-def check_output_dir(out: Path) -> None:
-    """ValueError (one line) when ``out`` cannot be an output folder: a file, or not writable."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output {str(out)!r} is a file; pass a folder path for the shards")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"output {str(out)!r}: {str(existing)!r} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {str(existing)!r} is not writable; choose another --output")
-
-
 def _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs) -> dict:
     """Everything the shards depend on, computed before any model is loaded (see :mod:`bellm.run_record`)."""
     import bellm
@@ -349,7 +336,7 @@ def _check_before_load(
         raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise UsageError(f"shard_size must be an int >= 1, got {shard_size!r}")
-    check_output_dir(out)
+    check_output_dir("output", out)
     rows = sum(1 for _ in read_rows(path, text_field))  # validates every row before any output exists
     setup = _setup_record(path, text_field, shard_size, fmt, normalize, encoder, model, encoder_kwargs)
     previous = _previous_run(out)

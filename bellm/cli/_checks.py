@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bellm._io import check_output_dir, nearest_existing
 from bellm.errors import UsageError
 
 __all__ = [
@@ -66,25 +67,6 @@ def check_prompt(prompt, pooling: str) -> None:
         raise UsageError(f"--prompt: {err}") from None
 
 
-def _nearest_existing(path: Path) -> Path:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing
-
-
-def check_output_dir(flag: str, path) -> None:
-    """``path`` is, or can be created as, a writable folder."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{flag} {str(path)!r} is a file; pass a folder path")
-    existing = _nearest_existing(p)
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {str(path)!r}: the folder {str(existing)!r} is not writable; choose another path")
-
-
 def check_output_file(flag: str, path) -> None:
     """``path`` (when given) is, or can be created as, a writable file."""
     if path is None:
@@ -92,7 +74,7 @@ def check_output_file(flag: str, path) -> None:
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{flag} {str(path)!r} is a folder; pass a file path")
-    existing = _nearest_existing(p.parent)
+    existing = nearest_existing(p.parent)
     if not existing.is_dir():
         raise UsageError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the file cannot be written")
     if not os.access(existing, os.W_OK | os.X_OK):
