@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bellm.cli._help import MODEL_HELP
-from bellm.common import POOLING_MODES
+from bellm.cli._help import MODEL_HELP, add_encoder_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,24 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=MODEL_HELP,
     )
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
-    parser.add_argument(
-        "--adapter", default=None, help="a peft (LoRA) adapter directory, merged for inference"
-    )
+    add_encoder_arguments(parser)
     parser.add_argument(
         "--field", default="text", help="JSONL key / TSV column holding the text (default: text)"
-    )
-    parser.add_argument(
-        "--from-layer",
-        type=int,
-        default=None,
-        help="first bidirectional layer (negative counts from the end; default: the model's saved "
-        "setting, else all causal)",
-    )
-    parser.add_argument("--pooling", default="last", choices=POOLING_MODES)
-    parser.add_argument(
-        "--prompt",
-        default=None,
-        help='a {text} template; default BeLLM\'s for last pooling, none otherwise; "" for none',
     )
     parser.add_argument("--exclude-prompt", action="store_true", help="pool over the text's tokens only")
     parser.add_argument(

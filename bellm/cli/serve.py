@@ -12,8 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from bellm.cli._help import MODEL_HELP
-from bellm.common import POOLING_MODES
+from bellm.cli._help import MODEL_HELP, add_encoder_arguments
 from bellm.server.config import DEFAULT_MAX_INPUTS, DEFAULT_MAX_REQUEST_BYTES, ServerConfig
 from bellm.server.run import DEFAULT_HOST, DEFAULT_PORT
 
@@ -27,22 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = model.add_mutually_exclusive_group()
     source.add_argument("--model", default=None, help=MODEL_HELP)
     source.add_argument("--gguf", default=None, help="a .gguf model file")
-    model.add_argument(
-        "--adapter", default=None, help="a peft (LoRA) adapter directory, merged for inference"
-    )
-    model.add_argument(
-        "--from-layer",
-        type=int,
-        default=None,
-        help="first bidirectional layer (negative counts from the end; default: the model's saved setting, "
-        "else all causal)",
-    )
-    model.add_argument("--pooling", default="last", choices=POOLING_MODES)
-    model.add_argument(
-        "--prompt",
-        default=None,
-        help='a {text} template; default BeLLM\'s for last pooling, none otherwise; "" for none',
-    )
+    add_encoder_arguments(model)
     model.add_argument("--max-length", type=int, default=None, help="tokens per input, prompt included")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     model.add_argument(
