@@ -59,11 +59,24 @@ def build_parser(load: str | None = "all") -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record, not the stream it was created with (which a caller
+    such as a test harness may since have closed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
     """bellm's progress and warnings (``logging.getLogger("bellm...")``) go to stderr, one plain line each."""
     logger = logging.getLogger("bellm")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
