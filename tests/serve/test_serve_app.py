@@ -242,8 +242,11 @@ def test_stopping_answers_every_request_in_flight(encoder):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             gated.gate.clear()
             gated.entered.clear()
-            futures = [pool.submit(_post, server, {"input": SENTENCES[i : i + 2]}) for i in range(4)]
+            # the first request is held inside the forward before the other three are sent, so they
+            # cannot share its batch and all three wait in the queue (6 inputs)
+            futures = [pool.submit(_post, server, {"input": SENTENCES[0:2]})]
             assert gated.entered.wait(30)
+            futures += [pool.submit(_post, server, {"input": SENTENCES[i : i + 2]}) for i in range(1, 4)]
             wait_until(lambda: app.state.batcher.queued_inputs == 6, what="three requests to queue")
             stopper = threading.Thread(target=server.stop)
             stopper.start()  # uvicorn stops accepting, then waits for the requests in flight
@@ -261,6 +264,7 @@ def test_stopping_answers_every_request_in_flight(encoder):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/health")
     finally:
+        gated.gate.set()  # a failed assertion above must not leave the forward held for 60 s
         server.__exit__(None, None, None)
 
 
