@@ -3,7 +3,8 @@ and sentence-transformers' encode, on the same model in one run.
 
 - GPU: a random-weight LLaMA-2-7B-shaped ``LlamaModel`` in bf16, built on the GPU from a config (no download).
 - CPU: the SmolLM2-135M shape (30 layers, hidden 576, GQA 9/3) with random fp32 weights; 64 sentences per
-  group (the GPU run uses 2048) to fit 2 shared cores.
+  group (the GPU run uses 2048, or ``BELLM_BENCH_ENCODE_SENTENCES`` for a time-boxed run) to fit 2 shared
+  cores.
 - Groups: ``synthetic`` = sentences of uniform 16..96 tokens (a word-level tokenizer with one token per word,
   no prompt, last-token pooling); ``stsb`` = the real STS-B test sentences with the SmolLM2 tokenizer (when
   the GGUF is present) and BeLLM's prompt.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import gzip
+import os
 import random
 import tempfile
 
@@ -28,6 +30,14 @@ from benchmarks._shapes import LLAMA2_7B, SMOLLM2_135M, TINY
 from benchmarks._timing import measure, script_main
 
 BATCH = 64
+
+
+def _gpu_sentences() -> int:
+    """Sentences per group on a GPU: 2048, or ``BELLM_BENCH_ENCODE_SENTENCES``."""
+    value = os.environ.get("BELLM_BENCH_ENCODE_SENTENCES", "2048")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"BELLM_BENCH_ENCODE_SENTENCES={value!r}: give a positive whole number of sentences")
+    return int(value)
 
 
 def _device() -> torch.device:
@@ -217,7 +227,7 @@ def _rows(group, sentences, model, tok, config, prompt, params_nonemb, rate, dev
 def collect(smoke: bool = False) -> list[dict]:
     device = _device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    n = 16 if smoke else (2048 if device.type == "cuda" else 64)
+    n = 16 if smoke else (_gpu_sentences() if device.type == "cuda" else 64)
     smol_tok = None if smoke else _smollm2_tokenizer()
     vocab = 128 if smoke else max(32000 if device.type == "cuda" else 49152, len(smol_tok) if smol_tok else 0)
     config = _config(smoke, device, vocab)
