@@ -256,6 +256,9 @@ def render_markdown(results: dict, source: str = "results.json", charts: dict[st
     else:
         lines.append("No bellm row was timed.")
     lines.append("")
+    from benchmarks.targets import markdown_lines as target_lines  # measured / target / met
+
+    lines += [*target_lines(results), ""]
     if results.get("errors"):
         lines += ["**Modules that crashed** (their rows are marked skipped below):", ""]
         lines += [f"- `{_cell(e)}`" for e in results["errors"]] + [""]

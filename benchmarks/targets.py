@@ -93,7 +93,7 @@ TARGETS: tuple[Target, ...] = (
     Target("train step peak memory ÷ HF sdpa padded's", "train", r"^train step ", "metric_ratio", 1.0,
            peers=("hf-sdpa-padded",), metric="peak_mem_mb", direction="lower"),
 )
-"""The issue's ratio targets, in table order. The fwd pooling rows cover mean pooling only: last-token
+"""bellm's ratio targets, in table order. The fwd pooling rows cover mean pooling only: last-token
 pooling's forward reads one row per sequence, a latency number that a bandwidth fraction does not describe."""
 
 
@@ -180,7 +180,8 @@ def evaluate(results: dict, targets: tuple[Target, ...] = TARGETS) -> list[Targe
 
 
 def _format(target: Target, value: float) -> str:
-    return f"{value:.2f}×" if target.kind == "speedup" or target.metric == "peak_mem_mb" else f"{value:.2f}"
+    text = f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
+    return f"{text}×" if target.kind == "speedup" or target.metric == "peak_mem_mb" else text
 
 
 def _target_text(target: Target) -> str:
