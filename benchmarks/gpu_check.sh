@@ -179,8 +179,8 @@ bench_part() {  # name module cap [VAR=value ...]
 bench_part attention-bidir  attention 150 BELLM_BENCH_ATTENTION_MASKS=bidir
 bench_part pool             pool       45
 bench_part encode           encode    100 BELLM_BENCH_ENCODE_SENTENCES="$ENCODE_SENTENCES"
-bench_part train            train      70
-bench_part attention-causal attention 100 BELLM_BENCH_ATTENTION_MASKS=causal
+bench_part train            train      90
+bench_part attention-causal attention 150 BELLM_BENCH_ATTENTION_MASKS=causal
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. merge, report, targets, pack
