@@ -17,7 +17,7 @@
 #   GPU_CHECK_ENCODE_SENTENCES  sentences of the encode benchmark (default 1024; the module's own default: 2048)
 #
 # What comes back (at most 6 files, none in sub-folders): gpu_check.log (everything printed), results.json
-# (merged rows), BENCHMARKS.md, targets.md, bench-report.tar.gz (BENCHMARKS.md, benchmarks/charts/*.png and
+# (merged rows), BENCHMARKS.md, targets.txt, bench-report.tar.gz (BENCHMARKS.md, benchmarks/charts/*.png and
 # benchmarks/results.json, laid out to unpack at the repository root), logs.tar.gz (one log per step).
 # Nothing in the working tree is written. Exit status 0 when every step ran and the GPU tests passed, else 1.
 
@@ -120,7 +120,8 @@ SUMMARY+=("set-up | done | $(( $(date +%s) - t0 )) | -")
 if wanted tests; then
   limit=$(step_limit tests 110)
   (( limit < 15 )) && limit=15  # the tests come first: the budget can only be short when it is set very low
-  PYTEST=("$PY" -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/model)
+  # -v: one line per finished test in the log, so a run stopped at its limit still shows what passed
+  PYTEST=("$PY" -m pytest -v -m gpu -p no:cacheprovider tests/kernels tests/model)
   "$PY" -c "import xdist" 2>/dev/null && [[ "$DRY_RUN" != 1 ]] && PYTEST+=(-n 8)
   "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 100)
   log "GPU tests (limit ${limit}s): ${PYTEST[*]}"
@@ -134,7 +135,8 @@ if wanted tests; then
     status="FAILED (pytest rc $RC)"
   fi
   [[ $RC != 0 ]] && FAILED=1
-  { grep -E '^(FAILED|ERROR) ' "$WORK/tests.log"; tail -n 1 "$WORK/tests.log"; } | sed 's/^/    /'  # in the log already
+  { grep -E '^(FAILED|ERROR) ' "$WORK/tests.log" || grep -E ' (FAILED|ERROR) ' "$WORK/tests.log"
+    tail -n 1 "$WORK/tests.log"; } | sed 's/^/    /'  # in the log already
   SUMMARY+=("tests | $status | $(( $(date +%s) - t0 )) | $limit")
 fi
 
@@ -203,7 +205,7 @@ else
   log "the report failed (see above)"
   FAILED=1
 fi
-"$PY" -m benchmarks.targets "$OUT/results.json" >"$OUT/targets.md" 2>>"$LOG"
+"$PY" -m benchmarks.targets "$OUT/results.json" >"$OUT/targets.txt" 2>>"$LOG"
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" $(cd "$WORK" && ls ./*.log 2>/dev/null | sed 's|^\./||')
 SUMMARY+=("report | done | $(( $(date +%s) - t0 )) | -")
 
@@ -217,7 +219,7 @@ SUMMARY+=("report | done | $(( $(date +%s) - t0 )) | -")
   echo
   echo "files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
   echo
-  cat "$OUT/targets.md"
+  cat "$OUT/targets.txt"
 } | tee -a "$LOG"
 rm -rf "$WORK"
 exit "$FAILED"
