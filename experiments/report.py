@@ -133,7 +133,7 @@ def _results(run: Run, path: Path) -> str:
     asset_dir = path.parent / "results_assets"
     asset_dir.mkdir(parents=True, exist_ok=True)
     png = asset_dir / "turning_point.png"
-    shutil.copyfile(tp["png"], png)
+    shutil.copyfile(run.resolve(tp["png"]), png)
     if run.settings.depth_study:
         from experiments.depth_report import depth_sections
 

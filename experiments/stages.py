@@ -27,7 +27,7 @@ class Run:
     """One run directory: settings, stage results, and the stages themselves."""
 
     def __init__(self, output: str | os.PathLike, settings: Settings, progress: bool = True):
-        self.out = Path(output).expanduser()
+        self.out = Path(output).expanduser().absolute()  # stage JSONs store paths relative to it
         self.settings = settings
         self.progress = progress
         self.stages = self.out / "stages"
@@ -86,9 +86,13 @@ class Run:
         """``obj`` with every absolute path inside the run directory made relative to it, and every one inside
         the data directory written ``<data>/...``, so a run directory can be committed and moved (read back
         with :meth:`resolve`)."""
-        prefixes = [(str(self.out.resolve()) + os.sep, "")]
+        prefixes = [(str(self.out) + os.sep, ""), (str(self.out.resolve()) + os.sep, "")]
         try:
-            prefixes.append((str(self.data_dir.resolve()) + os.sep, "<data>/"))
+            data = self.data_dir
+            prefixes += [
+                (str(data.absolute()) + os.sep, "<data>/"),
+                (str(data.resolve()) + os.sep, "<data>/"),
+            ]
         except (FileNotFoundError, ReproduceError):
             pass
         if isinstance(obj, dict):
