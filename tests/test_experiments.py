@@ -62,3 +62,89 @@ def test_results_md_is_the_same_as_before_the_split(case, tmp_path, monkeypatch)
     assert path.read_text(encoding="utf-8") == (EXPECTED / f"RESULTS.{case}.md").read_text(encoding="utf-8")
     if case != "early":
         assert (tmp_path / "results_assets" / "turning_point.png").is_file()
+
+
+def _fixture_run(tmp_path, **overrides):
+    from experiments.settings import Settings
+    from experiments.stages import Run
+
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "settings.json").read_text())
+    saved["train_data"] = str(tmp_path / saved["train_data"])
+    settings = Settings.from_saved({**saved, **overrides})
+    return Run(tmp_path / "run", settings, progress=False)
+
+
+def test_depth_study_grid_order_pairs_each_seed_with_causal(tmp_path):
+    """Every (arm, seed) of the depth study once; causal and the upper quarter alternate seed by seed first,
+    the middle depth (L//2) is added, every arm has every seed."""
+    from experiments.depth_study import depth_study_jobs, grid_order
+
+    run = _fixture_run(tmp_path, depth_study=True)
+    d = run.done("turning_point")["design"]
+    order = [(a["name"], s) for a, s in grid_order(run, d)]
+    names = {a["name"] for a in run.arms(d)}
+    assert names == {
+        "causal",
+        "bellm-k28",
+        "bidir-k23",
+        "bidir-k15",
+        "all-bidirectional",
+        "last-layer-mean",
+        "causal-mean",
+    }
+    assert sorted(order) == sorted((n, s) for n in names for s in (42, 43))
+    assert order[:4] == [("causal", 42), ("bidir-k23", 42), ("causal", 43), ("bidir-k23", 43)]
+    assert order.index(("causal-mean", 42)) < order.index(("last-layer-mean", 42))
+    jobs = [n for n, _ in depth_study_jobs(run, d)]
+    assert jobs[-1] == "best-depth" and not any(n.startswith(("train-long", "fullpairs-")) for n in jobs)
+    planned = [n for n, _ in depth_study_jobs(run, d, for_estimate=True)]
+    assert "train-long4x-bidir-best-seed42" in planned and "fullpairs-causal-seed42" in planned
+    assert "train-long4x-causal-seed44" not in planned  # --long-seeds 3 of 2 seeds: both
+    assert len(set(planned)) == len(planned)
+
+
+def test_settings_of_an_older_run_and_the_depth_study_extension(tmp_path):
+    from experiments.settings import ReproduceError
+
+    run = _fixture_run(tmp_path)
+    saved = json.loads((run.out / "settings.json").read_text())
+    saved["train_data"] = run.settings.train_data
+    (run.out / "settings.json").write_text(
+        json.dumps(saved)
+    )  # no depth-study keys: written before they existed
+    run.check_settings()  # the missing keys take their defaults
+    run.settings.depth_study = True
+    run.check_settings()  # a standard run extends into the depth study
+    assert json.loads((run.out / "settings.json").read_text())["depth_study"] is True
+    run.settings.depth_study = False
+    with pytest.raises(ReproduceError, match="depth_study: saved True, now False"):
+        run.check_settings()
+
+
+def test_paired_comparison_and_verdict(tmp_path):
+    from bellm.sts_data import TASKS
+    from experiments.stats import paired_comparison, verdict
+
+    run = _fixture_run(tmp_path)
+    c = paired_comparison(run, "bellm-k28", "causal", [42, 43, 44])  # 44 was never run: left out
+    assert c["seeds"] == [42, 43]
+    expected = [
+        run.done(f"eval-bellm-k28-seed{s}")["average"] - run.done(f"eval-causal-seed{s}")["average"]
+        for s in (42, 43)
+    ]
+    assert c["deltas"] == pytest.approx(expected) and c["mean"] == pytest.approx(sum(expected) / 2)
+    assert c["se"] == pytest.approx(abs(expected[0] - expected[1]) / 2)
+    assert c["ahead"] == sum(x > 0 for x in expected)
+    task = TASKS[0]
+    per = [
+        run.done(f"eval-bellm-k28-seed{s}")["scores"][task] - run.done(f"eval-causal-seed{s}")["scores"][task]
+        for s in (42, 43)
+    ]
+    assert c["per_set"][task]["mean"] == pytest.approx(sum(per) / 2)
+    assert c["bootstrap"] is None  # the fixture has neither caches nor pair cosines: no interval claimed
+    assert verdict(c) == "undecided"
+    three = {"deltas": [1.0, 1.2, 0.9], "t_interval": (0.5, 1.6), "bootstrap": {"lo": 0.2, "hi": 1.9}}
+    assert verdict(three) == "helps"
+    assert verdict({**three, "bootstrap": {"lo": -0.1, "hi": 1.9}}) == "indistinguishable"
+    assert verdict({**three, "t_interval": (-1.6, -0.5), "bootstrap": {"lo": -1.9, "hi": -0.2}}) == "hurts"
