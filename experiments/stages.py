@@ -107,15 +107,15 @@ class Run:
 
     def resolve(self, path: str) -> Path:
         """A path as a stage JSON holds it: absolute as is, ``<data>/...`` inside the data directory, otherwise
-        relative to the run directory when it exists there (older runs stored paths relative to the working
-        directory)."""
+        relative to the run directory (or to the working directory when only that exists: older runs stored
+        such paths)."""
         if path.startswith("<data>/"):
             return self.data_dir / path[len("<data>/") :]
         p = Path(path)
         if p.is_absolute():
             return p
         inside = self.out / p
-        return inside if inside.exists() else p
+        return inside if inside.exists() or not p.exists() else p
 
     # -- paths -------------------------------------------------------------------------------------------
     @property
@@ -635,7 +635,7 @@ class Run:
         path = self.resolve(self.done(f"train-{arm['name']}-seed{seed}")["train"]["output_dir"])
         if not path.is_dir():
             bellm.train(self._arm_config(arm, seed))
-        return str(path if path.is_dir() else self.out / "train" / f"{arm['name']}-seed{seed}")
+        return str(path)
 
     def _eval_trained(self, arm: dict, seed: int) -> dict:
         adapter = self.adapter(arm, seed)

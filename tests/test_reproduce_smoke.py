@@ -51,14 +51,22 @@ def _run(*args, timeout=900):
     )
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "run"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     proc = _run("--smoke", "--output", str(out))
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
-    print(f"smoke run: {seconds:.0f} s")
+    print(f"smoke run: {seconds:.0f} s, {_cpu_seconds() - cpu0:.0f} CPU s")
     return out
 
 
@@ -257,14 +265,15 @@ def test_cli_budget_options():
 
 @pytest.fixture(scope="module")
 def depth_smoke(smoke, tmp_path_factory):
-    """The depth study as an extension of the smoke run, started as a later sitting on a new machine would
-    start it from git: the adapters and embedding caches are gone, only the stage JSONs remain."""
+    """The depth study as an extension of the smoke run, started the way a later sitting on a new machine starts
+    it from git: the embedding caches are gone (the bootstrap reads the stage JSONs' cosines) and so is the
+    adapter of causal seed 42 (the full-protocol check trains it again from its recorded config)."""
     out = tmp_path_factory.mktemp("depth") / "run"
-    shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("train", "cache"))
+    shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("cache", "causal-seed42"))
     before = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     proc = _run("--smoke", "--depth-study", "--output", str(out))
-    print(f"depth-study smoke: {time.perf_counter() - t0:.0f} s")
+    print(f"depth-study smoke: {time.perf_counter() - t0:.0f} s, {_cpu_seconds() - cpu0:.0f} CPU s")
     assert proc.returncode == 0, proc.stderr[-4000:]
     after = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
     assert {n: after[n] for n in before} == before  # every finished stage is kept, none rerun
@@ -287,6 +296,7 @@ def test_depth_study_runs_every_arm_with_every_seed(depth_smoke):
     long_causal = _stage(depth_smoke, "train-long2x-causal-seed42")["config"]
     assert long_causal["max_steps"] == 2 * _stage(depth_smoke, "train-causal-seed42")["config"]["max_steps"]
     assert (depth_smoke / "stages" / f"eval-long2x-{best['arm']['name']}-seed42.json").is_file()
+    assert (depth_smoke / "train" / "causal-seed42" / "adapter_model.safetensors").is_file()  # trained again
     for arm in ("causal", best["arm"]["name"]):
         full = _stage(depth_smoke, f"fullpairs-{arm}-seed42")
         assert full["protocol"]["max_pairs"] == 8 and all(n == 8 for n in full["pairs"].values())
