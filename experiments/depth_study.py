@@ -59,7 +59,8 @@ def grid_order(run, d: dict) -> list[tuple[dict, int]]:
 
 def best_depth(run, d: dict) -> dict:
     """The ``best-depth`` stage: the depth arm with the largest mean paired difference against causal over the
-    grid's seeds. Raises ReproduceError while a grid evaluation is missing."""
+    grid's seeds (seeds with an undefined average left out). Raises ReproduceError while a grid evaluation is
+    missing or when no depth has a defined difference."""
 
     def choose() -> dict:
         means = {}
@@ -71,8 +72,12 @@ def best_depth(run, d: dict) -> dict:
                     raise ReproduceError(
                         f"best-depth needs eval-{arm['name']}-seed{seed} and its causal pair"
                     )
-                deltas.append(a["average"] - c["average"])
-            means[arm["name"]] = float(np.mean(deltas))
+                if a["average"] is not None and c["average"] is not None:
+                    deltas.append(a["average"] - c["average"])
+            if deltas:
+                means[arm["name"]] = float(np.mean(deltas))
+        if not means:
+            raise ReproduceError("best-depth: no depth has a defined 7-set average difference against causal")
         name = max(means, key=means.get)
         arm = next(a for a in depth_arms(run, d) if a["name"] == name)
         return {

@@ -583,8 +583,8 @@ class Run:
             f"turning point: layer {d['turning_point']} of {d['num_layers']}; k = {d['k_bellm']} "
             f"({d['k_rule']}); second depth k = {d['k_quarter']}"
         )
-        est = self.estimate()["stages"]
         while True:  # a second pass runs the stages that only exist once earlier ones finished
+            est = self.estimate()["stages"]
             todo = [(n, f) for n, f in self.jobs(d) if self.done(n) is None]
             if not todo:
                 return 0
