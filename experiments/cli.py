@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run.out.mkdir(parents=True, exist_ok=True)
             run.check_settings()
+            run.check_inputs()
             _record_command(run)
             run.base()
             if args.plan:

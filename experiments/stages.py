@@ -63,6 +63,40 @@ class Run:
         elif write:
             atomic_write_json(path, now)
 
+    def input_identity(self) -> dict:
+        """``{"model" | "train_data" | "sts": {file name: sha256}}``: the files every result depends on (the
+        model as :func:`bellm.run_record.model_identity` hashes it, the triplets, the STS files)."""
+        from bellm.run_record import file_sha256, model_identity
+
+        s = self.settings
+        model = model_identity(s.model, s.gguf_file)["files"]
+        sts = sorted(p for p in (self.data_dir / "sts").iterdir() if p.is_file())
+        return {
+            "model": {Path(k).name: v for k, v in model.items()},
+            "train_data": {self.train_data.name: file_sha256(self.train_data)},
+            "sts": {p.name: file_sha256(p) for p in sts},
+        }
+
+    def check_inputs(self) -> None:
+        """Record :meth:`input_identity` in ``inputs.json`` on the first run; refuse a later run whose files
+        differ (a run directory never mixes results of different models or data)."""
+        now, path = self.input_identity(), self.out / "inputs.json"
+        if not path.is_file():
+            atomic_write_json(path, now)
+            return
+        saved = json.loads(path.read_text())
+        diff = []
+        for group, files in now.items():
+            old = saved.get(group, {})
+            changed = sorted(n for n in set(old) | set(files) if old.get(n) != files.get(n))
+            if changed:
+                diff.append(f"{group}: {', '.join(changed)}")
+        if diff:
+            raise ReproduceError(
+                f"{self.out} holds results of other input files ({'; '.join(diff)} differ); resume it with the "
+                "same model and data, or pass another --output"
+            )
+
     def done(self, name: str) -> dict | None:
         path = self.stages / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None

@@ -148,3 +148,24 @@ def test_paired_comparison_and_verdict(tmp_path):
     assert verdict(three) == "helps"
     assert verdict({**three, "bootstrap": {"lo": -0.1, "hi": 1.9}}) == "indistinguishable"
     assert verdict({**three, "t_interval": (-1.6, -0.5), "bootstrap": {"lo": -1.9, "hi": -0.2}}) == "hurts"
+
+
+def test_a_run_refuses_other_input_files(tmp_path):
+    """``inputs.json`` records the sha256 of the model, triplets and STS files; other files are refused."""
+    from experiments.settings import ReproduceError
+
+    run = _fixture_run(tmp_path)
+    try:
+        run.check_inputs()
+    except FileNotFoundError:
+        pytest.skip("the real SmolLM2 GGUF or the STS data not found")
+    run.check_inputs()  # the same files: accepted
+    saved = json.loads((run.out / "inputs.json").read_text())
+    assert (
+        set(saved) == {"model", "train_data", "sts"} and "snli_devtest_triplets.tsv.gz" in saved["train_data"]
+    )
+    name = sorted(saved["sts"])[0]
+    saved["sts"][name] = "0" * 64
+    (run.out / "inputs.json").write_text(json.dumps(saved))
+    with pytest.raises(ReproduceError, match=f"sts: {name} differ"):
+        run.check_inputs()
