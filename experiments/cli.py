@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             _record_command(run)
             run.base()
             if args.plan:
+                run.stage("plan", run._measure, redo=True)  # the throughput of this machine, now
                 print(format_plan(run, run.estimate()))
                 return 0
             tqdm.write(format_plan(run, run.estimate()))

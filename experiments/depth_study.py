@@ -6,7 +6,8 @@ Its stages, in the order that gives the most informative paired comparisons soon
    and the upper-quarter depth, then the middle depth, all-bidirectional, the mean-pooling pair (last layer
    bidirectional vs its causal control), BeLLM's ``k`` (the turning point, known to equal causal to within
    noise), every one with every seed;
-2. the untrained rows;
+2. the untrained rows and the untrained ``from_layer`` sweep on STS-B dev (``sweep``; the ``turning_point`` stage
+   holds only the per-layer curve here, so the grid starts sooner);
 3. ``best-depth``: the bidirectional last-token depth with the largest mean paired difference against causal over
    the grid's seeds, fixed once in its stage JSON;
 4. the longer budget: causal and that depth at ``long_multiple`` x the steps, the first ``long_seeds`` seeds
@@ -112,6 +113,8 @@ def depth_study_jobs(run, d: dict, for_estimate: bool = False) -> list[tuple[str
     for arm, seed in grid_order(run, d):
         jobs += run.arm_jobs(arm, seed)
     jobs += [(f"untrained-{r['name']}", lambda r=r: run._eval_untrained(r)) for r in run.untrained_rows(d)]
+    if not (run.done("turning_point") or {}).get("curve", {}).get("sweep"):  # an extended standard run has it
+        jobs.append(("sweep", lambda: run.sweep(d)))
     jobs.append(("best-depth", lambda: best_depth(run, d)))
     done = run.done("best-depth")
     if done is None and not for_estimate:

@@ -130,6 +130,8 @@ def _results(run: Run, path: Path) -> str:
     if not tp:
         return ""
     d = tp["design"]
+    if run.done("sweep"):  # the depth study's sweep is a stage of its own
+        tp = {**tp, "curve": {**tp["curve"], "sweep": run.done("sweep")["sweep"]}}
     asset_dir = path.parent / "results_assets"
     asset_dir.mkdir(parents=True, exist_ok=True)
     png = asset_dir / "turning_point.png"

@@ -432,6 +432,9 @@ class Run:
 
     # -- stages ------------------------------------------------------------------------------------------
     def turning_point(self) -> dict:
+        """The per-layer curve of the untrained causal model and the design chosen from it, with the
+        ``from_layer`` sweep (the depth study runs the sweep as a later stage of its own, :meth:`sweep`)."""
+
         def run() -> dict:
             from bellm.models import load_model_and_tokenizer
 
@@ -447,24 +450,39 @@ class Run:
                 show_progress_bar=self.progress,
             )
             d = choose_depths(result.scores, result.turning_point, result.num_layers)
-            L = d["num_layers"]
-            ks = sorted(
-                {0, L // 2, d["k_quarter"], d["k_bellm"], L - 1, L} if not s.smoke else {d["k_bellm"], L}
-            )
-            result.sweep = bellm.sweep_from_layer(
-                model,
-                tokenizer,
-                from_layers=ks,
-                pooling="last",
-                max_pairs=s.tp_pairs,
-                data_dir=self.data_dir,
-                batch_size=s.encode_batch_size,
-                show_progress_bar=self.progress,
-            )
+            if not s.depth_study:
+                result.sweep = self._sweep(model, tokenizer, d)
             json_path, png_path = result.save(self.out / "turning_point")
             return {"curve": result.to_dict(), "design": d, "json": str(json_path), "png": str(png_path)}
 
         return self.stage("turning_point", run)
+
+    def _sweep(self, model, tokenizer, d: dict) -> dict:
+        """STS-B dev Spearman of the final embedding with layers >= k bidirectional, for the arms' k."""
+        s, L = self.settings, d["num_layers"]
+        ks = sorted({0, L // 2, d["k_quarter"], d["k_bellm"], L - 1, L} if not s.smoke else {d["k_bellm"], L})
+        return bellm.sweep_from_layer(
+            model,
+            tokenizer,
+            from_layers=ks,
+            pooling="last",
+            max_pairs=s.tp_pairs,
+            data_dir=self.data_dir,
+            batch_size=s.encode_batch_size,
+            show_progress_bar=self.progress,
+        )
+
+    def sweep(self, d: dict) -> dict:
+        """The depth study's ``sweep`` stage: :meth:`_sweep` on its own (``{"sweep": {k: Spearman}}``)."""
+
+        def run() -> dict:
+            from bellm.models import load_model_and_tokenizer
+
+            s = self.settings
+            model, tokenizer = load_model_and_tokenizer(self.base_path, dtype=s.dtype, device=s.device)
+            return {"sweep": self._sweep(model, tokenizer, d)}
+
+        return self.stage("sweep", run)
 
     def plan(self) -> dict:
         return self.stage("plan", self._measure)
@@ -546,7 +564,8 @@ class Run:
         p = self.plan()
         L = self.base()["num_layers"]
         tp_unique = 2 * (self.settings.tp_pairs or 1500) * 0.97
-        rows = {"turning_point": (tp_unique * 2.0 + 6 * tp_unique) / p["encode_sentences_per_s"] + 20}
+        sweep = 0 if self.settings.depth_study else 6 * tp_unique  # the depth study's is a stage of its own
+        rows = {"turning_point": (tp_unique * 2.0 + sweep) / p["encode_sentences_per_s"] + 20}
         d = self.done("turning_point")
         design = d["design"] if d else choose_depths([0.0] * (L + 1), L - 2, L)  # a same-sized placeholder
         for name, _ in self.jobs(design, for_estimate=True):
@@ -561,6 +580,8 @@ class Run:
         eval_s = p["eval_unique_sentences"] / p["encode_sentences_per_s"] + p["model_load_s"] + 2
         if name.startswith("untrained-"):
             return eval_s
+        if name == "sweep":
+            return 6 * 2 * (self.settings.tp_pairs or 1500) * 0.97 / p["encode_sentences_per_s"] + 20
         if name.startswith("eval-"):
             return eval_s + 5
         if name.startswith("fullpairs-"):

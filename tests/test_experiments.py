@@ -97,6 +97,7 @@ def test_depth_study_grid_order_pairs_each_seed_with_causal(tmp_path):
     assert order[:4] == [("causal", 42), ("bidir-k23", 42), ("causal", 43), ("bidir-k23", 43)]
     assert order.index(("causal-mean", 42)) < order.index(("last-layer-mean", 42))
     jobs = [n for n, _ in depth_study_jobs(run, d)]
+    assert "sweep" not in jobs  # the fixture's turning-point stage holds the sweep already
     assert jobs[-1] == "best-depth" and not any(n.startswith(("train-long", "fullpairs-")) for n in jobs)
     planned = [n for n, _ in depth_study_jobs(run, d, for_estimate=True)]
     assert "train-long4x-bidir-best-seed42" in planned and "fullpairs-causal-seed42" in planned
