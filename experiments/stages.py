@@ -64,30 +64,38 @@ class Run:
             atomic_write_json(path, now)
 
     def input_identity(self) -> dict:
-        """``{"model" | "train_data" | "sts": {file name: sha256}}``: the files every result depends on (the
-        model as :func:`bellm.run_record.model_identity` hashes it, the triplets, the STS files)."""
+        """``{"model" | "train_data" | "sts": {file name: sha256}, "device": {"type": ...}}``: the files every
+        result depends on (the model as :func:`bellm.run_record.model_identity` hashes it, the triplets, the STS
+        files) and the device type the numbers come from (``--device`` unset means CUDA when available)."""
+        import torch
+
         from bellm.run_record import file_sha256, model_identity
 
         s = self.settings
+        device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = model_identity(s.model, s.gguf_file)["files"]
         sts = sorted(p for p in (self.data_dir / "sts").iterdir() if p.is_file())
         return {
             "model": {Path(k).name: v for k, v in model.items()},
             "train_data": {self.train_data.name: file_sha256(self.train_data)},
             "sts": {p.name: file_sha256(p) for p in sts},
+            "device": {"type": device.split(":")[0]},
         }
 
     def check_inputs(self) -> None:
         """Record :meth:`input_identity` in ``inputs.json`` on the first run; refuse a later run whose files
-        differ (a run directory never mixes results of different models or data)."""
+        or device type differ (a run directory never mixes results of different models, data or devices). A
+        group the record lacks (written before it was recorded) is added."""
         now, path = self.input_identity(), self.out / "inputs.json"
         if not path.is_file():
             atomic_write_json(path, now)
             return
         saved = json.loads(path.read_text())
         diff = []
+        if set(now) - set(saved):
+            atomic_write_json(path, {**saved, **{k: v for k, v in now.items() if k not in saved}})
         for group, files in now.items():
-            old = saved.get(group, {})
+            old = saved.get(group, files)
             changed = sorted(n for n in set(old) | set(files) if old.get(n) != files.get(n))
             if changed:
                 diff.append(f"{group}: {', '.join(changed)}")

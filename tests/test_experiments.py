@@ -163,10 +163,20 @@ def test_a_run_refuses_other_input_files(tmp_path):
     run.check_inputs()  # the same files: accepted
     saved = json.loads((run.out / "inputs.json").read_text())
     assert (
-        set(saved) == {"model", "train_data", "sts"} and "snli_devtest_triplets.tsv.gz" in saved["train_data"]
+        set(saved) == {"model", "train_data", "sts", "device"}
+        and "snli_devtest_triplets.tsv.gz" in saved["train_data"]
     )
     name = sorted(saved["sts"])[0]
     saved["sts"][name] = "0" * 64
     (run.out / "inputs.json").write_text(json.dumps(saved))
     with pytest.raises(ReproduceError, match=f"sts: {name} differ"):
         run.check_inputs()
+    saved["sts"][name] = run.input_identity()["sts"][name]
+    saved["device"] = {"type": "cuda" if saved["device"]["type"] == "cpu" else "cpu"}
+    (run.out / "inputs.json").write_text(json.dumps(saved))
+    with pytest.raises(ReproduceError, match="device: type differ"):
+        run.check_inputs()
+    del saved["device"]  # a record from before the device type was recorded: it is added, not refused
+    (run.out / "inputs.json").write_text(json.dumps(saved))
+    run.check_inputs()
+    assert "device" in json.loads((run.out / "inputs.json").read_text())
