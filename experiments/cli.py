@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every trained arm with every seed, plus the middle depth (L//2), a longer budget for causal and\n"
         "the best depth, and every test pair for one seed of both (see experiments/README.md)",
     )
-    for name in ("long_multiple", "long_seeds", "full_max_pairs"):
+    for name in ("depth_seeds", "long_multiple", "long_seeds", "full_max_pairs"):
         p.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -147,6 +147,7 @@ def settings_from_args(args) -> Settings:
             "encode_batch_size",
             "load_in_4bit",
             "depth_study",
+            "depth_seeds",
             "long_multiple",
             "long_seeds",
             "full_max_pairs",
@@ -173,6 +174,7 @@ def settings_from_args(args) -> Settings:
         "tp_pairs",
         "eval_max_pairs",
         "max_examples",
+        "depth_seeds",
         "long_multiple",
         "long_seeds",
         "full_max_pairs",

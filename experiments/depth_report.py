@@ -28,6 +28,11 @@ def _interval(pair) -> str:
     return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]" if pair else "n/a (1 seed)"
 
 
+def _score_interval(boot: dict | None) -> str:
+    """A bootstrap interval of a score (no sign)."""
+    return f"[{boot['lo']:.2f}, {boot['hi']:.2f}]" if boot else "n/a"
+
+
 def comparisons(run: Run, d: dict) -> list[tuple[str, dict]]:
     """``(label, paired_comparison)`` of every arm against causal, and of the mean-pooling pair against each
     other, over the arms' seeds; only those with at least one finished pair."""
@@ -211,11 +216,12 @@ def _full_check(run: Run, d: dict) -> tuple[list[str], list[str]]:
         if full is None or sampled is None:
             continue
         boot = bootstrap(run, {f"eval-{arm['name']}-seed{seed}": 1.0}, run.settings.eval_max_pairs)
-        inside = boot is not None and boot["lo"] <= full["average"] <= boot["hi"]
+        # a tolerance for the float noise of a percentile of equal values
+        inside = boot is not None and boot["lo"] - 1e-6 <= full["average"] <= boot["hi"] + 1e-6
         agree.append(inside)
         rows.append(
             f"| {arm['label']}, seed {seed} | {format_score(sampled['average'])} | "
-            f"{_interval((boot['lo'], boot['hi'])) if boot else 'n/a'} | {format_score(full['average'])} | "
+            f"{_score_interval(boot)} | {format_score(full['average'])} | "
             f"{sum(full['pairs'].values())} | {'yes' if inside else 'no'} |"
         )
     if not rows:

@@ -62,6 +62,7 @@ class Settings:
     # longer budget (``long_multiple`` x the steps, causal and the best bidirectional depth, the first
     # ``long_seeds`` seeds) and one seed of causal and of that depth scored on every test pair.
     depth_study: bool = False
+    depth_seeds: int | None = None  # seeds per arm besides causal and BeLLM in the depth study (None: all)
     long_multiple: int = 4
     long_seeds: int = 3
     full_max_pairs: int | None = None  # the full-protocol check: None = every pair (the smoke caps it)
@@ -76,8 +77,8 @@ class Settings:
     @classmethod
     def smoke_settings(cls, **overrides) -> Settings:
         """The CI smoke: two seeds, one step of two triplets, a LoRA of rank 8, 4 pairs per STS task, 12 dev
-        pairs; with the depth study 2x the steps for one seed and 8 pairs per task for the full-protocol
-        check."""
+        pairs; with the depth study the other arms with the first seed (as without it), 2x the steps for one
+        seed and 8 pairs per task for the full-protocol check."""
         base = dict(
             seeds=[42, 43],
             steps=1,
@@ -89,6 +90,7 @@ class Settings:
             max_examples=64,
             tp_pairs=12,
             eval_max_pairs=4,
+            depth_seeds=1,
             long_multiple=2,
             long_seeds=1,
             full_max_pairs=8,

@@ -48,7 +48,7 @@ class Run:
                 extended = True
             if not saved["depth_study"] and now["depth_study"]:
                 # the depth study only adds stages (more seeds, a depth, a longer budget, every pair) to a run
-                for key in ("depth_study", "long_multiple", "long_seeds", "full_max_pairs"):
+                for key in ("depth_study", "depth_seeds", "long_multiple", "long_seeds", "full_max_pairs"):
                     diff.pop(key, None)
                 extended = True
             if extended and not diff and write:
@@ -385,7 +385,7 @@ class Run:
         the others with the first seed, or with every seed in the depth study, which adds the middle depth."""
         L, k, kq = d["num_layers"], d["k_bellm"], d["k_quarter"]
         seeds = self.settings.seeds
-        first = seeds if self.settings.depth_study else seeds[:1]
+        first = seeds[: self.settings.depth_seeds] if self.settings.depth_study else seeds[:1]
         middle = []
         if self.settings.depth_study and L // 2 not in (0, k, kq):
             middle = [
@@ -394,7 +394,7 @@ class Run:
                     "label": f"bidirectional from k={L // 2} (middle of the stack)",
                     "from_layer": L // 2,
                     "pooling": "last",
-                    "seeds": seeds,
+                    "seeds": first,
                 }
             ]
         arms = [

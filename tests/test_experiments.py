@@ -180,3 +180,87 @@ def test_a_run_refuses_other_input_files(tmp_path):
     (run.out / "inputs.json").write_text(json.dumps(saved))
     run.check_inputs()
     assert "device" in json.loads((run.out / "inputs.json").read_text())
+
+
+def _write_eval(run, name: str, cosines: dict, gold: dict, **extra) -> None:
+    """An evaluation stage JSON whose scores are the Spearman x 100 of its own pair cosines."""
+    from scipy.stats import spearmanr
+
+    from bellm._io import atomic_write_json
+
+    scores = {t: float(spearmanr(cosines[t], gold[t]).statistic * 100) for t in cosines}
+    result = {
+        "scores": scores,
+        "average": sum(scores.values()) / len(scores),
+        "pairs": {t: len(v) for t, v in cosines.items()},
+        "pair_cosines": {t: [float(x) for x in v] for t, v in cosines.items()},
+        **extra,
+    }
+    atomic_write_json(run.out / "stages" / f"{name}.json", result)
+
+
+def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
+    """The depth study's sections on a run whose stage JSONs are synthetic (no model): an arm whose cosines
+    rank the pairs exactly like the gold scores *helps*, one with causal's cosines is *indistinguishable*, one
+    ranking them backwards *hurts*; Δ(k), the longer budget and the full-protocol check are drawn from their
+    stages, and nothing that did not run is shown."""
+    import numpy as np
+
+    from bellm.sts_data import TASKS, load_sts
+    from experiments import report
+    from experiments.depth_study import depth_arms
+
+    seeds = [42, 43, 44]
+    run = _fixture_run(tmp_path, depth_study=True, seeds=seeds, eval_max_pairs=40, full_max_pairs=80)
+    try:
+        gold = {t: np.asarray(load_sts(t, "test").sample(40, 0).scores) for t in TASKS}
+        full_gold = {t: np.asarray(load_sts(t, "test").sample(80, 0).scores) for t in TASKS}
+    except FileNotFoundError:
+        pytest.skip("the STS data not found")
+    d = run.done("turning_point")["design"]
+    monkeypatch.chdir(tmp_path)  # the fixture's paths are relative to the folder holding run/
+
+    def noisy(g, seed):
+        return g + np.random.default_rng(seed).normal(0, 1.5, len(g))
+
+    effect = {"bidir-k23": "better", "bidir-k15": "same", "all-bidirectional": "worse"}
+    for arm in run.arms(d):
+        for seed in seeds:
+            if arm["name"] in ("causal-mean", "last-layer-mean") and seed != 42:
+                continue  # the mean pair with one seed only: undecided
+            kind = effect.get(arm["name"], "same")
+            cos = {
+                t: {"better": gold[t], "same": noisy(gold[t], seed), "worse": -gold[t]}[kind] for t in TASKS
+            }
+            _write_eval(run, f"eval-{arm['name']}-seed{seed}", cos, gold, arm=arm, seed=seed)
+    report.write_report(run, tmp_path / "R.md")
+    text = (tmp_path / "R.md").read_text()
+    verdicts = ("helps |", "hurts |", "indistinguishable |", "undecided |")
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.endswith(verdicts)}
+    assert "| helps |" in rows["bidirectional from k=23 (second depth) − causal"]
+    assert "| indistinguishable |" in rows["bidirectional from k=15 (middle of the stack) − causal"]
+    assert "| hurts |" in rows["all bidirectional (from_layer=0) − causal"]
+    assert "| undecided |" in rows["from_layer=-1 (29), mean pooling − causal, mean pooling (control)"]
+    assert (tmp_path / "results_assets" / "delta_vs_k.png").stat().st_size > 1000
+    assert "## 6. A longer budget (4x the steps)\n\nNot run yet" in text and "not run |" not in text
+    assert "**partial run**" in text
+    # best depth, the longer budget and the full-protocol check
+    from bellm._io import atomic_write_json
+
+    best = next(a for a in depth_arms(run, d) if a["name"] == "bidir-k23")
+    atomic_write_json(run.out / "stages" / "best-depth.json", {"arm": best, "rule": "largest mean", "x": 1})
+    for seed in seeds:
+        for name, kind in (("long4x-causal", "same"), ("long4x-bidir-k23", "better")):
+            cos = {t: noisy(gold[t], seed + 7) if kind == "same" else gold[t] for t in TASKS}
+            _write_eval(run, f"eval-{name}-seed{seed}", cos, gold)
+    for name, kind in (("causal", "same"), ("bidir-k23", "better")):
+        cos = {t: noisy(full_gold[t], 42) if kind == "same" else full_gold[t] for t in TASKS}
+        _write_eval(run, f"fullpairs-{name}-seed42", cos, full_gold)
+    report.write_report(run, tmp_path / "R.md")
+    text = (tmp_path / "R.md").read_text()
+    assert "| 1x | 1 | 42, 43, 44 |" in text and "| 4x | 4 | 42, 43, 44 |" in text  # the smoke's 1 step
+    full_row = (
+        "| bidirectional from k=23 (second depth), seed 42 | 100.00 | [100.00, 100.00] | 100.00 | 560 | yes |"
+    )
+    assert full_row in text  # the same ranking on the sampled pairs and on every pair
+    assert "sampled and the every-pair scores" in text
