@@ -286,8 +286,8 @@ def test_depth_study_runs_every_arm_with_every_seed(depth_smoke):
     depths = [f"bellm-k{k}", f"bidir-k{kq}", "all-bidirectional"]
     if L // 2 not in (k, kq):
         depths.append(f"bidir-k{L // 2}")
-    for arm in ["causal", *depths, "last-layer-mean", "causal-mean"]:
-        for seed in (42, 43):
+    for arm in ["causal", *depths, "last-layer-mean", "causal-mean"]:  # --depth-seeds 1 in the smoke
+        for seed in (42, 43) if arm in ("causal", f"bellm-k{k}") else (42,):
             assert (depth_smoke / "stages" / f"eval-{arm}-seed{seed}.json").is_file(), (arm, seed)
     best = _stage(depth_smoke, "best-depth")
     assert best["arm"]["name"] in depths
@@ -312,7 +312,11 @@ def test_stage_json_is_portable_and_holds_the_pair_cosines(depth_smoke):
 
     for path in (depth_smoke / "stages").glob("*.json"):
         assert str(depth_smoke) not in path.read_text(), path.name
-    for name in ("eval-causal-seed43", "fullpairs-causal-seed42"):
+    for name in (
+        "eval-causal-seed43",
+        f"eval-bidir-k{_stage(depth_smoke, 'turning_point')['design']['k_quarter']}-seed42",
+        "fullpairs-causal-seed42",
+    ):
         result = _stage(depth_smoke, name)
         for task, cosines in result["pair_cosines"].items():
             gold = load_sts(task, "test").sample(result["protocol"]["max_pairs"], 0).scores
