@@ -280,7 +280,7 @@ def depth_smoke(smoke, tmp_path_factory):
     return out
 
 
-def test_depth_study_runs_every_arm_with_every_seed(depth_smoke):
+def test_depth_study_runs_the_new_arm_the_longer_budget_and_every_pair(depth_smoke):
     d = _stage(depth_smoke, "turning_point")["design"]
     L, k, kq = d["num_layers"], d["k_bellm"], d["k_quarter"]
     depths = [f"bellm-k{k}", f"bidir-k{kq}", "all-bidirectional"]
