@@ -137,15 +137,19 @@ class Run:
             ]
         except (FileNotFoundError, ReproduceError):
             pass
-        if isinstance(obj, dict):
-            return {k: self.portable(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self.portable(v) for v in obj]
-        if isinstance(obj, str):
-            for prefix, new in prefixes:
-                if obj.startswith(prefix):
-                    return new + obj[len(prefix) :]
-        return obj
+
+        def convert(value):
+            if isinstance(value, dict):
+                return {k: convert(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [convert(v) for v in value]
+            if isinstance(value, str):
+                for prefix, new in prefixes:
+                    if value.startswith(prefix):
+                        return new + value[len(prefix) :]
+            return value
+
+        return convert(obj)
 
     def resolve(self, path: str) -> Path:
         """A path as a stage JSON holds it: absolute as is, ``<data>/...`` inside the data directory, otherwise
