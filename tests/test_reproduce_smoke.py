@@ -348,5 +348,7 @@ def test_depth_study_report_shows_only_finished_stages(depth_smoke, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (partial / "RESULTS.md").read_text()
     assert "**partial run**" in text and "not run |" not in text
-    assert "undecided" in text and "helps" not in text and "hurts" not in text  # one seed decides nothing
+    assert (
+        "| undecided |" in text and "| helps |" not in text and "| hurts |" not in text
+    )  # one seed: no verdict
     assert "## 6. A longer budget (2x the steps)\n\nNot run yet" in text
