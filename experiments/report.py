@@ -259,7 +259,9 @@ def _trained_table(run: Run, d: dict, only_done: bool = False) -> list[str]:
                 )
             )
     if only_done and missing:
-        lines += ["", f"Not run yet: {missing} (arm, seed) evaluations of the grid."]
+        note = f"Not run yet: {missing} (arm, seed) evaluations of the grid."
+        # the table head alone would be a table of empty cells
+        lines = lines[:2] + [note] if len(lines) == 4 else lines + ["", note]
     lines += [
         "",
         "For scale only (LLaMA-2-7B, full AllNLI, 4 GPUs; the BeLLM paper), not comparable in size or data:",
