@@ -106,7 +106,9 @@ def test_every_stage_ran_and_the_design_is_sane(smoke):
         assert (smoke / "stages" / f"{n}.json").is_file(), n
     mean_arm = _stage(smoke, "train-last-layer-mean-seed42")
     assert mean_arm["config"]["pooling"] == "mean" and mean_arm["config"]["from_layer"] == L - 1
-    enc = json.loads((Path(mean_arm["train"]["output_dir"]) / "bellm_encoder.json").read_text())
+    enc = json.loads(
+        (smoke / mean_arm["train"]["output_dir"] / "bellm_encoder.json").read_text()
+    )  # stage JSONs hold paths relative to the run directory
     assert enc["pooling"] == "mean"
     # same budget for every arm
     configs = [_stage(smoke, n)["config"] for n in names if n.startswith("train-")]
