@@ -38,6 +38,10 @@ exists; training resumes from its own checkpoints, evaluation from a persisted e
    report adds a paired bootstrap over the evaluated test pairs (:func:`pair_bootstrap`); the others with the
    first seed.
 
+The depth study (``--depth-study``, :mod:`experiments.depth_study`) trains every arm with every seed, adds the
+middle depth (L//2), a longer budget for causal and the best depth, and every test pair for one seed of both;
+:mod:`experiments.depth_report` writes its sections of RESULTS.md.
+
 Choosing ``k``: the turning point ``t`` (earliest layer with the best dev Spearman, :func:`bellm.find_turning_point`)
 when ``t <= L-2``. When ``t >= L-1`` bidirectionality from ``t`` cannot change a last-token embedding
 (docs/bidirectional.md, section 1), so ``k`` is the best-scoring layer among ``0..L-2`` of the same curve; the report

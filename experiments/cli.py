@@ -92,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
             + ("; 0 = every pair (the paper protocol)" if name == "eval_max_pairs" else ""),
         )
     p.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--depth-study",
+        action="store_true",
+        default=None,
+        help="every trained arm with every seed, plus the middle depth (L//2), a longer budget for causal and\n"
+        "the best depth, and every test pair for one seed of both (see experiments/README.md)",
+    )
+    for name in ("depth_seeds", "long_multiple", "long_seeds", "full_max_pairs"):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=int,
+            default=None,
+            help=f"depth study: default {getattr(Settings(), name)!r}"
+            + ("; 0 = every pair" if name == "full_max_pairs" else ""),
+        )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start no stage after MINUTES (the report is written; rerun the same command to resume)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (CI logs)")
     return p
 
@@ -123,13 +146,19 @@ def settings_from_args(args) -> Settings:
             "eval_max_pairs",
             "encode_batch_size",
             "load_in_4bit",
+            "depth_study",
+            "depth_seeds",
+            "long_multiple",
+            "long_seeds",
+            "full_max_pairs",
         )
         if getattr(args, k) is not None
     }
     if args.preset == "paper":
         overrides = {**PAPER_PRESET, **overrides}
-    if overrides.get("eval_max_pairs") == 0:
-        overrides["eval_max_pairs"] = None  # every pair
+    for key in ("eval_max_pairs", "full_max_pairs"):
+        if overrides.get(key) == 0:
+            overrides[key] = None  # every pair
     settings = Settings.smoke_settings(**overrides) if args.smoke else Settings(**overrides)
     if len(settings.seeds) < 2 or len(set(settings.seeds)) != len(settings.seeds):
         raise ReproduceError(
@@ -145,6 +174,10 @@ def settings_from_args(args) -> Settings:
         "tp_pairs",
         "eval_max_pairs",
         "max_examples",
+        "depth_seeds",
+        "long_multiple",
+        "long_seeds",
+        "full_max_pairs",
     ):
         v = getattr(settings, name)
         if v is not None and v < 1:
@@ -176,17 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.report:
             if not (run.out / "settings.json").is_file():
                 raise ReproduceError(f"{run.out} holds no run (no settings.json); pass the run's --output")
-            run.settings = Settings(**json.loads((run.out / "settings.json").read_text()))
+            run.settings = Settings.from_saved(json.loads((run.out / "settings.json").read_text()))
         else:
             run.out.mkdir(parents=True, exist_ok=True)
             run.check_settings()
+            run.check_inputs()
             _record_command(run)
             run.base()
             if args.plan:
+                run.stage("plan", run._measure, redo=True)  # the throughput of this machine, now
                 print(format_plan(run, run.estimate()))
                 return 0
             tqdm.write(format_plan(run, run.estimate()))
-            run.run_all()
+            left = run.run_all(None if args.stop_after is None else 60.0 * args.stop_after)
+            if left:
+                print(f"stopped with {left} stage(s) left (--stop-after); rerun the same command to resume")
     except ReproduceError as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2

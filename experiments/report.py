@@ -17,7 +17,7 @@ from bellm._io import atomic_write_text
 from bellm.common import format_score
 from bellm.sts_data import TASKS
 from experiments.settings import PAPER_DELTA, PAPER_ROWS
-from experiments.stages import Run
+from experiments.stages import Run, choose_depths
 from experiments.stats import headline_numbers, pair_bootstrap
 
 __all__ = ["write_report", "format_plan", "reading", "turning_point_reading"]
@@ -40,10 +40,7 @@ def write_report(run: Run, path: Path | None = None) -> Path:
     wall = sum((run.done(n) or {}).get("seconds", 0.0) for n in status["names"])
     text = TEMPLATE.read_text(encoding="utf-8").format(
         smoke_banner=_smoke_banner(run),
-        status=f"{status['done']} of {status['total']} stages done"
-        + (
-            "" if status["done"] == status["total"] else " (**partial run**: the missing rows read 'not run')"
-        ),
+        status=f"{status['done']} of {status['total']} stages done" + _partial_note(run, status),
         model=_model_line(run.done("base")),
         results=_results(run, path),
         train_data=run.train_data.name,
@@ -56,8 +53,11 @@ def write_report(run: Run, path: Path | None = None) -> Path:
         lora_alpha=s.lora_alpha,
         lora_dropout=s.lora_dropout,
         max_length=s.max_length,
-        seeds=s.seeds,
-        first_seed=s.seeds[0],
+        seed_note=(
+            f"seeds {s.seeds} for every arm" + _long_note(run)
+            if s.depth_study
+            else f"seeds {s.seeds} (headline pair), {s.seeds[0]} (other arms)"
+        ),
         sampled=f"; **only {s.eval_max_pairs} sampled pairs per set**" if s.eval_max_pairs else "",
         commands="\n".join(["```", *(c["command"] for c in cmds[-5:]), "```"]),
         versions=", ".join(f"{k} {v}" for k, v in _versions().items()),
@@ -71,6 +71,27 @@ def write_report(run: Run, path: Path | None = None) -> Path:
     )
     atomic_write_text(path, text)
     return path
+
+
+def _partial_note(run: Run, status: dict) -> str:
+    if status["done"] == status["total"]:
+        return ""
+    if run.settings.depth_study:
+        return (
+            f" (**partial run**: {status['total'] - status['done']} stages not run yet; only what the finished "
+            "stages support is shown)"
+        )
+    return " (**partial run**: the missing rows read 'not run')"
+
+
+def _long_note(run: Run) -> str:
+    s = run.settings
+    return (
+        f"; the longer budget: {s.long_multiple} x {run.total_steps()} steps, causal and the best depth, seeds "
+        f"{s.seeds[: s.long_seeds]}; every test pair"
+        + (f" (at most {s.full_max_pairs} per set)" if s.full_max_pairs else "")
+        + f" for seed {s.seeds[0]} of both"
+    )
 
 
 def _paragraphs(lines: list[str]) -> str:
@@ -109,10 +130,22 @@ def _results(run: Run, path: Path) -> str:
     if not tp:
         return ""
     d = tp["design"]
+    if run.done("sweep"):  # the depth study's sweep is a stage of its own
+        tp = {**tp, "curve": {**tp["curve"], "sweep": run.done("sweep")["sweep"]}}
     asset_dir = path.parent / "results_assets"
     asset_dir.mkdir(parents=True, exist_ok=True)
     png = asset_dir / "turning_point.png"
-    shutil.copyfile(tp["png"], png)
+    shutil.copyfile(run.resolve(tp["png"]), png)
+    if run.settings.depth_study:
+        from experiments.depth_report import depth_sections
+
+        sections = [
+            _turning_point_section(tp, f"results_assets/{png.name}"),
+            _untrained_table(run, d, only_done=True),
+            _trained_table(run, d, only_done=True),
+            depth_sections(run, d, tp, asset_dir),
+        ]
+        return "".join(line + "\n" for section in sections for line in section)
     headline = headline_numbers(run, d)
     headline["bootstrap"] = pair_bootstrap(run, d, headline["seeds"])
     sections = [
@@ -183,25 +216,36 @@ def _row(name: str, scores: dict, average) -> str:
     )
 
 
-def _untrained_table(run: Run, d: dict) -> list[str]:
+def _untrained_table(run: Run, d: dict, only_done: bool = False) -> list[str]:
+    """The untrained rows; missing ones read 'not run', or with ``only_done`` are left out (and counted)."""
     lines = ["## 2. Untrained model (no training)", "", *_table_head()]
+    missing = 0
     for r in run.untrained_rows(d):
         res = run.done(f"untrained-{r['name']}")
-        lines.append(
-            _row(r["label"], res["scores"], res["average"]) if res else f"| {r['label']} | not run |"
-        )
-    return lines + [""]
+        if res:
+            lines.append(_row(r["label"], res["scores"], res["average"]))
+        elif only_done:
+            missing += 1
+        else:
+            lines.append(f"| {r['label']} | not run |")
+    if only_done and missing == len(run.untrained_rows(d)):
+        return ["## 2. Untrained model (no training)", "", "Not run yet.", ""]
+    return lines + [""] + ([f"Not run yet: {missing} of these rows.", ""] if missing else [])
 
 
-def _trained_table(run: Run, d: dict) -> list[str]:
-    """Every trained arm per seed, the mean over seeds of the arms with several, and the paper's rows."""
+def _trained_table(run: Run, d: dict, only_done: bool = False) -> list[str]:
+    """Every trained arm per seed, the mean over seeds of the arms with several, and the paper's rows; a
+    missing evaluation reads 'not run', or with ``only_done`` is left out (and counted)."""
     lines = ["## 3. Trained arms (same data, steps, LoRA, seed)", "", *_table_head()]
+    missing = 0
     for a in run.arms(d):
         per_seed = []
         for seed in a["seeds"]:
             res = run.done(f"eval-{a['name']}-seed{seed}")
             if res is None:
-                lines.append(f"| {a['label']}, seed {seed} | not run |")
+                missing += 1
+                if not only_done:
+                    lines.append(f"| {a['label']}, seed {seed} | not run |")
                 continue
             per_seed.append(res)
             lines.append(_row(f"{a['label']}, seed {seed}", res["scores"], res["average"]))
@@ -214,6 +258,10 @@ def _trained_table(run: Run, d: dict) -> list[str]:
                     _mean([r["average"] for r in per_seed]),
                 )
             )
+    if only_done and missing:
+        note = f"Not run yet: {missing} (arm, seed) evaluations of the grid."
+        # the table head alone would be a table of empty cells
+        lines = lines[:2] + [note] if len(lines) == 4 else lines + ["", note]
     lines += [
         "",
         "For scale only (LLaMA-2-7B, full AllNLI, 4 GPUs; the BeLLM paper), not comparable in size or data:",
@@ -390,15 +438,18 @@ def _other_trained_readings(run: Run, d: dict) -> list[str]:
 
 
 def _status(run: Run) -> dict:
+    """Stage names of the whole run and how many are done (before the turning point the total is counted on a
+    placeholder design)."""
     names = ["base", "plan", "turning_point"]
     tp = run.done("turning_point")
     if tp:
-        d = tp["design"]
-        names += [f"untrained-{r['name']}" for r in run.untrained_rows(d)]
-        for a in run.arms(d):
-            for seed in a["seeds"]:
-                names += [f"train-{a['name']}-seed{seed}", f"eval-{a['name']}-seed{seed}"]
-    total = len(names) if tp else len(names) + 4 + 2 * (2 * len(run.settings.seeds) + 3)
+        names += [n for n, _ in run.jobs(tp["design"], for_estimate=True)]
+        total = len(names)
+    elif run.settings.depth_study and run.done("base"):
+        L = run.done("base")["num_layers"]
+        total = len(names) + len(run.jobs(choose_depths([0.0] * (L + 1), L - 2, L), for_estimate=True))
+    else:
+        total = len(names) + 4 + 2 * (2 * len(run.settings.seeds) + 3)
     return {"names": names, "done": sum(run.done(n) is not None for n in names), "total": total}
 
 
@@ -423,6 +474,18 @@ def format_plan(run: Run, est: dict) -> str:
         key = name.split("-")[0]
         groups[key] = groups.get(key, 0.0) + sec
     lines += [f"    {key:<14} {_hms(sec):>8}" for key, sec in groups.items()]
+    if s.depth_study:
+        eval_s = run.stage_seconds("eval-", p)
+        per_multiple = [
+            2
+            * s.long_seeds
+            * (m * run.total_steps() * p["train_seconds_per_step"] + p["train_setup_s"] + eval_s)
+            for m in range(1, 5)
+        ]
+        lines.append(
+            f"  longer budget (causal + best depth, {s.long_seeds} seeds; set: {s.long_multiple}x): "
+            + ", ".join(f"{m}x {_hms(sec)}" for m, sec in enumerate(per_multiple, 1))
+        )
     lines.append(f"  estimated full run: {_hms(est['total_s'])}; remaining: {_hms(est['remaining_s'])}")
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 __all__ = ["ReproduceError", "Settings", "PAPER_PRESET", "PAPER_ROWS", "PAPER_DELTA"]
 
@@ -58,12 +58,27 @@ class Settings:
     # (2,100 pairs, 3,898 sentences) keeps the whole CPU run (20 evaluations) to about two and a half hours.
     eval_max_pairs: int | None = 300
     encode_batch_size: int | None = None
+    # The depth study (``--depth-study``): every trained arm with every seed, the middle depth (L//2) added, a
+    # longer budget (``long_multiple`` x the steps, causal and the best bidirectional depth, the first
+    # ``long_seeds`` seeds) and one seed of causal and of that depth scored on every test pair.
+    depth_study: bool = False
+    depth_seeds: int | None = None  # seeds per arm besides causal and BeLLM in the depth study (None: all)
+    long_multiple: int = 4
+    long_seeds: int = 3
+    full_max_pairs: int | None = None  # the full-protocol check: None = every pair (the smoke caps it)
     smoke: bool = False
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> Settings:
+        """Settings from a ``settings.json``; a key it lacks (written before the key existed) takes its
+        default."""
+        return cls(**{k: v for k, v in saved.items() if k in {f.name for f in fields(cls)}})
 
     @classmethod
     def smoke_settings(cls, **overrides) -> Settings:
         """The CI smoke: two seeds, one step of two triplets, a LoRA of rank 8, 4 pairs per STS task, 12 dev
-        pairs."""
+        pairs; with the depth study the other arms with the first seed (as without it), 2x the steps for one
+        seed and 8 pairs per task for the full-protocol check."""
         base = dict(
             seeds=[42, 43],
             steps=1,
@@ -75,6 +90,10 @@ class Settings:
             max_examples=64,
             tp_pairs=12,
             eval_max_pairs=4,
+            depth_seeds=1,
+            long_multiple=2,
+            long_seeds=1,
+            full_max_pairs=8,
             smoke=True,
         )
         base.update(overrides)

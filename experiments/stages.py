@@ -27,7 +27,7 @@ class Run:
     """One run directory: settings, stage results, and the stages themselves."""
 
     def __init__(self, output: str | os.PathLike, settings: Settings, progress: bool = True):
-        self.out = Path(output).expanduser()
+        self.out = Path(output).expanduser().absolute()  # stage JSONs store paths relative to it
         self.settings = settings
         self.progress = progress
         self.stages = self.out / "stages"
@@ -37,15 +37,22 @@ class Run:
         path = self.out / "settings.json"
         now = dataclasses.asdict(self.settings)
         if path.is_file():
-            saved = json.loads(path.read_text())
+            saved = dataclasses.asdict(Settings.from_saved(json.loads(path.read_text())))
             diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
             seeds_saved = saved.get("seeds") or []
+            extended = False
             if "seeds" in diff and now["seeds"][: len(seeds_saved)] == seeds_saved:
                 # more headline seeds extend a run: every finished stage stays valid (the first seed, which
                 # the other arms use, is unchanged)
                 del diff["seeds"]
-                if not diff and write:
-                    atomic_write_json(path, now)
+                extended = True
+            if not saved["depth_study"] and now["depth_study"]:
+                # the depth study only adds stages (more seeds, a depth, a longer budget, every pair) to a run
+                for key in ("depth_study", "depth_seeds", "long_multiple", "long_seeds", "full_max_pairs"):
+                    diff.pop(key, None)
+                extended = True
+            if extended and not diff and write:
+                atomic_write_json(path, now)
             if diff:
                 detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise ReproduceError(
@@ -56,22 +63,105 @@ class Run:
         elif write:
             atomic_write_json(path, now)
 
+    def input_identity(self) -> dict:
+        """``{"model" | "train_data" | "sts": {file name: sha256}, "device": {"type": ...}}``: the files every
+        result depends on (the model as :func:`bellm.run_record.model_identity` hashes it, the triplets, the STS
+        files) and the device type the numbers come from (``--device`` unset means CUDA when available)."""
+        import torch
+
+        from bellm.run_record import file_sha256, model_identity
+
+        s = self.settings
+        device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = model_identity(s.model, s.gguf_file)["files"]
+        sts = sorted(p for p in (self.data_dir / "sts").iterdir() if p.is_file())
+        return {
+            "model": {Path(k).name: v for k, v in model.items()},
+            "train_data": {self.train_data.name: file_sha256(self.train_data)},
+            "sts": {p.name: file_sha256(p) for p in sts},
+            "device": {"type": device.split(":")[0]},
+        }
+
+    def check_inputs(self) -> None:
+        """Record :meth:`input_identity` in ``inputs.json`` on the first run; refuse a later run whose files
+        or device type differ (a run directory never mixes results of different models, data or devices). A
+        group the record lacks (written before it was recorded) is added."""
+        now, path = self.input_identity(), self.out / "inputs.json"
+        if not path.is_file():
+            atomic_write_json(path, now)
+            return
+        saved = json.loads(path.read_text())
+        diff = []
+        if set(now) - set(saved):
+            atomic_write_json(path, {**saved, **{k: v for k, v in now.items() if k not in saved}})
+        for group, files in now.items():
+            old = saved.get(group, files)
+            changed = sorted(n for n in set(old) | set(files) if old.get(n) != files.get(n))
+            if changed:
+                diff.append(f"{group}: {', '.join(changed)}")
+        if diff:
+            raise ReproduceError(
+                f"{self.out} holds results of other input files ({'; '.join(diff)} differ); resume it with the "
+                "same model and data, or pass another --output"
+            )
+
     def done(self, name: str) -> dict | None:
         path = self.stages / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def stage(self, name: str, fn) -> dict:
-        """Run ``fn() -> dict`` unless ``stages/<name>.json`` exists; record its wall time; write it
-        atomically."""
-        result = self.done(name)
+    def stage(self, name: str, fn, redo: bool = False) -> dict:
+        """Run ``fn() -> dict`` unless ``stages/<name>.json`` exists (or ``redo``); record its wall time and the
+        torch threads; write it atomically with portable paths (:meth:`portable`)."""
+        result = None if redo else self.done(name)
         if result is not None:
             return result
         t0 = time.perf_counter()
         result = fn()
         result["seconds"] = time.perf_counter() - t0
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        atomic_write_json(self.stages / f"{name}.json", to_jsonable(result))
+        result["torch_threads"] = _threads()
+        result = self.portable(to_jsonable(result))
+        atomic_write_json(self.stages / f"{name}.json", result)
         return result
+
+    def portable(self, obj):
+        """``obj`` with every absolute path inside the run directory made relative to it, and every one inside
+        the data directory written ``<data>/...``, so a run directory can be committed and moved (read back
+        with :meth:`resolve`)."""
+        prefixes = [(str(self.out) + os.sep, ""), (str(self.out.resolve()) + os.sep, "")]
+        try:
+            data = self.data_dir
+            prefixes += [
+                (str(data.absolute()) + os.sep, "<data>/"),
+                (str(data.resolve()) + os.sep, "<data>/"),
+            ]
+        except (FileNotFoundError, ReproduceError):
+            pass
+
+        def convert(value):
+            if isinstance(value, dict):
+                return {k: convert(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [convert(v) for v in value]
+            if isinstance(value, str):
+                for prefix, new in prefixes:
+                    if value.startswith(prefix):
+                        return new + value[len(prefix) :]
+            return value
+
+        return convert(obj)
+
+    def resolve(self, path: str) -> Path:
+        """A path as a stage JSON holds it: absolute as is, ``<data>/...`` inside the data directory, otherwise
+        relative to the run directory (or to the working directory when only that exists: older runs stored
+        such paths)."""
+        if path.startswith("<data>/"):
+            return self.data_dir / path[len("<data>/") :]
+        p = Path(path)
+        if p.is_absolute():
+            return p
+        inside = self.out / p
+        return inside if inside.exists() or not p.exists() else p
 
     # -- paths -------------------------------------------------------------------------------------------
     @property
@@ -96,7 +186,15 @@ class Run:
         return path
 
     def base(self) -> dict:
-        return self.stage("base", self._materialise)
+        """The materialised model; made again when its folder is gone (a run directory from git: the weights
+        are not committed)."""
+        done = self.done("base")
+        redo = done is not None and not self.resolve(done["path"]).exists()
+        return self.stage("base", self._materialise, redo=redo)
+
+    @property
+    def base_path(self) -> str:
+        return str(self.resolve(self.base()["path"]))
 
     def _materialise(self) -> dict:
         """A GGUF is loaded once (de-quantised to a regular fp32 model) and saved as safetensors (bitwise the
@@ -146,7 +244,7 @@ class Run:
     def load_encoder(self, from_layer: int, pooling: str = "last", adapter: str | None = None):
         s = self.settings
         return bellm.Encoder.from_pretrained(
-            self.base()["path"],
+            self.base_path,
             adapter=adapter,
             from_layer=from_layer,
             pooling=pooling,
@@ -162,7 +260,7 @@ class Run:
         kw = dict(
             data=str(self.train_data),
             output_dir=str(self.out / "train" / name),
-            model=self.base()["path"],
+            model=self.base_path,
             from_layer=from_layer,
             pooling=pooling,
             prompt=BELLM_PROMPT,
@@ -192,25 +290,48 @@ class Run:
         return TrainConfig(**kw)
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def evaluate(self, name: str, encoder) -> dict:
-        """:func:`bellm.evaluate_sts` on the seven sets, with embeddings persisted so a kill loses little."""
-        cached = _PersistentEncoder(encoder, self.out / "cache" / f"{name}.npz")
+    def evaluate(self, name: str, encoder, every_pair: bool = False, seed_cache: str | None = None) -> dict:
+        """:func:`bellm.evaluate_sts` on the seven sets (the sampled pairs, or every pair with ``every_pair``),
+        with embeddings persisted so a kill loses little (``seed_cache``: an earlier evaluation of the same
+        encoder whose embeddings are reused). The result holds each evaluated pair's cosine
+        (``pair_cosines``: {task: [cosine per pair, in the order of ``load_sts(...).sample(max_pairs, 0)``]}),
+        so the paired bootstrap works from the stage JSON alone."""
+        path = self.out / "cache" / f"{name}.npz"
+        if seed_cache and not path.exists() and (self.out / "cache" / f"{seed_cache}.npz").is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.out / "cache" / f"{seed_cache}.npz", path)
+        cached = _PersistentEncoder(encoder, path)
+        max_pairs = self.settings.full_max_pairs if every_pair else self.settings.eval_max_pairs
         result = bellm.evaluate_sts(
             cached,
             data_dir=self.data_dir,
             batch_size=self.settings.encode_batch_size,
-            max_pairs=self.settings.eval_max_pairs,
+            max_pairs=max_pairs,
             show_progress_bar=self.progress,
         )
         cached.flush()
         result["encoder"] = encoder.config_dict()
+        result["pair_cosines"] = self._pair_cosines(cached.cache, max_pairs)
         return result
 
-    def eval_sentences(self) -> list[str]:
-        """The unique (whitespace-normalised) sentences :func:`bellm.evaluate_sts` encodes, for the plan."""
+    def _pair_cosines(self, cache: dict[str, np.ndarray], max_pairs: int | None) -> dict[str, list[float]]:
+        from bellm.evaluate import cosine_rows
+
+        out = {}
+        for task in TASKS:
+            pairs = load_sts(task, "test", data_dir=self.data_dir).sample(max_pairs, 0)
+            a = np.stack([cache[normalize_whitespace(x)] for x in pairs.sentences1])
+            b = np.stack([cache[normalize_whitespace(x)] for x in pairs.sentences2])
+            out[task] = [float(f"{c:.9g}") for c in cosine_rows(a, b)]
+        return out
+
+    def eval_sentences(self, every_pair: bool = False) -> list[str]:
+        """The unique (whitespace-normalised) sentences :func:`bellm.evaluate_sts` encodes, for the plan (with
+        ``every_pair``: those of the full-protocol check, ``Settings.full_max_pairs``)."""
         seen: dict[str, None] = {}
+        max_pairs = self.settings.full_max_pairs if every_pair else self.settings.eval_max_pairs
         for t in TASKS:
-            pairs = load_sts(t, "test", data_dir=self.data_dir).sample(self.settings.eval_max_pairs, 0)
+            pairs = load_sts(t, "test", data_dir=self.data_dir).sample(max_pairs, 0)
             for sent in pairs.sentences1 + pairs.sentences2:
                 seen[normalize_whitespace(sent)] = None
         return list(seen)
@@ -264,9 +385,23 @@ class Run:
         ]
 
     def arms(self, d: dict) -> list[dict]:
+        """The trained arms (name, label, from_layer, pooling, seeds). The headline pair runs with every seed;
+        the others with the first seed, or with every seed in the depth study, which adds the middle depth."""
         L, k, kq = d["num_layers"], d["k_bellm"], d["k_quarter"]
-        seeds, first = self.settings.seeds, self.settings.seeds[:1]
-        return [
+        seeds = self.settings.seeds
+        first = seeds[: self.settings.depth_seeds] if self.settings.depth_study else seeds[:1]
+        middle = []
+        if self.settings.depth_study and L // 2 not in (0, k, kq):
+            middle = [
+                {
+                    "name": f"bidir-k{L // 2}",
+                    "label": f"bidirectional from k={L // 2} (middle of the stack)",
+                    "from_layer": L // 2,
+                    "pooling": "last",
+                    "seeds": first,
+                }
+            ]
+        arms = [
             {"name": "causal", "label": "causal", "from_layer": L, "pooling": "last", "seeds": seeds},
             {
                 "name": f"bellm-k{k}",
@@ -282,6 +417,7 @@ class Run:
                 "pooling": "last",
                 "seeds": first,
             },
+            *middle,
             {
                 "name": "all-bidirectional",
                 "label": "all bidirectional (from_layer=0)",
@@ -304,14 +440,18 @@ class Run:
                 "seeds": first,
             },
         ]
+        return arms
 
     # -- stages ------------------------------------------------------------------------------------------
     def turning_point(self) -> dict:
+        """The per-layer curve of the untrained causal model and the design chosen from it, with the
+        ``from_layer`` sweep (the depth study runs the sweep as a later stage of its own, :meth:`sweep`)."""
+
         def run() -> dict:
             from bellm.models import load_model_and_tokenizer
 
             s = self.settings
-            model, tokenizer = load_model_and_tokenizer(self.base()["path"], dtype=s.dtype, device=s.device)
+            model, tokenizer = load_model_and_tokenizer(self.base_path, dtype=s.dtype, device=s.device)
             result = bellm.find_turning_point(
                 model,
                 tokenizer,
@@ -322,24 +462,39 @@ class Run:
                 show_progress_bar=self.progress,
             )
             d = choose_depths(result.scores, result.turning_point, result.num_layers)
-            L = d["num_layers"]
-            ks = sorted(
-                {0, L // 2, d["k_quarter"], d["k_bellm"], L - 1, L} if not s.smoke else {d["k_bellm"], L}
-            )
-            result.sweep = bellm.sweep_from_layer(
-                model,
-                tokenizer,
-                from_layers=ks,
-                pooling="last",
-                max_pairs=s.tp_pairs,
-                data_dir=self.data_dir,
-                batch_size=s.encode_batch_size,
-                show_progress_bar=self.progress,
-            )
+            if not s.depth_study:
+                result.sweep = self._sweep(model, tokenizer, d)
             json_path, png_path = result.save(self.out / "turning_point")
             return {"curve": result.to_dict(), "design": d, "json": str(json_path), "png": str(png_path)}
 
         return self.stage("turning_point", run)
+
+    def _sweep(self, model, tokenizer, d: dict) -> dict:
+        """STS-B dev Spearman of the final embedding with layers >= k bidirectional, for the arms' k."""
+        s, L = self.settings, d["num_layers"]
+        ks = sorted({0, L // 2, d["k_quarter"], d["k_bellm"], L - 1, L} if not s.smoke else {d["k_bellm"], L})
+        return bellm.sweep_from_layer(
+            model,
+            tokenizer,
+            from_layers=ks,
+            pooling="last",
+            max_pairs=s.tp_pairs,
+            data_dir=self.data_dir,
+            batch_size=s.encode_batch_size,
+            show_progress_bar=self.progress,
+        )
+
+    def sweep(self, d: dict) -> dict:
+        """The depth study's ``sweep`` stage: :meth:`_sweep` on its own (``{"sweep": {k: Spearman}}``)."""
+
+        def run() -> dict:
+            from bellm.models import load_model_and_tokenizer
+
+            s = self.settings
+            model, tokenizer = load_model_and_tokenizer(self.base_path, dtype=s.dtype, device=s.device)
+            return {"sweep": self._sweep(model, tokenizer, d)}
+
+        return self.stage("sweep", run)
 
     def plan(self) -> dict:
         return self.stage("plan", self._measure)
@@ -396,6 +551,7 @@ class Run:
             "train_tokens_per_s": tok_s,
             "train_setup_s": max(0.0, train_wall - steps * step_s),
             "eval_unique_sentences": len(sentences),
+            **({"full_unique_sentences": len(self.eval_sentences(True))} if s.depth_study else {}),
             "cpu_threads": _threads(),
         }
 
@@ -405,7 +561,7 @@ class Run:
         from bellm.train_data import prompt_token_ids, read_train_data
 
         s = self.settings
-        tok = AutoTokenizer.from_pretrained(self.base()["path"], local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(self.base_path, local_files_only=True)
         data = read_train_data(self.train_data, "triplets", s.max_examples or 512)
         lengths = [
             len(ids)
@@ -415,25 +571,38 @@ class Run:
         return float(np.mean(lengths)) * 3 * s.batch_size * s.grad_accum
 
     def estimate(self) -> dict:
-        """Seconds per remaining stage, from the measured plan (done stages count 0)."""
+        """Seconds per stage of the whole run and of what remains, from the measured plan (done stages count
+        0). Before the turning point the stage names come from a same-sized placeholder design."""
         p = self.plan()
         L = self.base()["num_layers"]
         tp_unique = 2 * (self.settings.tp_pairs or 1500) * 0.97
-        eval_s = p["eval_unique_sentences"] / p["encode_sentences_per_s"] + p["model_load_s"] + 2
-        train_s = self.total_steps() * p["train_seconds_per_step"] + p["train_setup_s"]
-        rows = {"turning_point": (tp_unique * 2.0 + 6 * tp_unique) / p["encode_sentences_per_s"] + 20}
+        sweep = 0 if self.settings.depth_study else 6 * tp_unique  # the depth study's is a stage of its own
+        rows = {"turning_point": (tp_unique * 2.0 + sweep) / p["encode_sentences_per_s"] + 20}
         d = self.done("turning_point")
         design = d["design"] if d else choose_depths([0.0] * (L + 1), L - 2, L)  # a same-sized placeholder
-        for r in self.untrained_rows(design):
-            rows[f"untrained-{r['name']}"] = eval_s
-        for a in self.arms(design):
-            for seed in a["seeds"]:
-                rows[f"train-{a['name']}-seed{seed}"] = train_s
-                rows[f"eval-{a['name']}-seed{seed}"] = eval_s + 5
+        for name, _ in self.jobs(design, for_estimate=True):
+            rows[name] = self.stage_seconds(name, p)
         if d is None:  # the placeholder's names may differ from the real ones: count, do not match
             return {"stages": rows, "remaining_s": sum(rows.values()), "total_s": sum(rows.values())}
         remaining = {k: (0.0 if self.done(k) else v) for k, v in rows.items()}
         return {"stages": rows, "remaining_s": sum(remaining.values()), "total_s": sum(rows.values())}
+
+    def stage_seconds(self, name: str, p: dict) -> float:
+        """The estimated seconds of one stage (by its kind, read from the name) from the plan's measurements."""
+        eval_s = p["eval_unique_sentences"] / p["encode_sentences_per_s"] + p["model_load_s"] + 2
+        if name.startswith("untrained-"):
+            return eval_s
+        if name == "sweep":
+            return 6 * 2 * (self.settings.tp_pairs or 1500) * 0.97 / p["encode_sentences_per_s"] + 20
+        if name.startswith("eval-"):
+            return eval_s + 5
+        if name.startswith("fullpairs-"):
+            full = p.get("full_unique_sentences") or 7 * p["eval_unique_sentences"]
+            return full / p["encode_sentences_per_s"] + p["model_load_s"] + 5
+        if name.startswith("train-"):
+            multiple = self.settings.long_multiple if name.startswith("train-long") else 1
+            return self.total_steps() * multiple * p["train_seconds_per_step"] + p["train_setup_s"]
+        return 1.0
 
     def total_steps(self) -> int:
         s = self.settings
@@ -444,10 +613,36 @@ class Run:
         n = len(read_train_data(self.train_data, "triplets", s.max_examples))
         return max(1, s.epochs * (n // s.batch_size) // s.grad_accum)
 
-    def run_all(self) -> None:
-        """Every stage not done yet, in order (the caller shows the plan first: :func:`report.format_plan`)."""
+    def jobs(self, d: dict, for_estimate: bool = False) -> list[tuple[str, object]]:
+        """``(stage name, fn)`` of every stage after the turning point, in run order. The depth study orders
+        them itself and adds stages that depend on finished ones (:mod:`experiments.depth_study`);
+        ``for_estimate`` names those too (with a placeholder arm) instead of leaving them out."""
+        if self.settings.depth_study:
+            from experiments.depth_study import depth_study_jobs
+
+            return depth_study_jobs(self, d, for_estimate)
+        jobs = [
+            (f"untrained-{r['name']}", lambda r=r: self._eval_untrained(r)) for r in self.untrained_rows(d)
+        ]
+        for a in self.arms(d):
+            for seed in a["seeds"]:
+                jobs += self.arm_jobs(a, seed)
+        return jobs
+
+    def arm_jobs(self, arm: dict, seed: int) -> list[tuple[str, object]]:
+        """The training and the evaluation of one arm and seed."""
+        return [
+            (f"train-{arm['name']}-seed{seed}", lambda: self._train(arm, seed)),
+            (f"eval-{arm['name']}-seed{seed}", lambda: self._eval_trained(arm, seed)),
+        ]
+
+    def run_all(self, stop_after_s: float | None = None) -> int:
+        """Every stage not done yet, in order (the caller shows the plan first: :func:`report.format_plan`).
+        ``stop_after_s``: no stage starts once that many seconds have passed (rerun to resume). Returns the
+        number of stages left."""
         from tqdm.auto import tqdm
 
+        t_start = time.monotonic()
         self.base()
         tp = self.turning_point()
         d = tp["design"]
@@ -455,30 +650,29 @@ class Run:
             f"turning point: layer {d['turning_point']} of {d['num_layers']}; k = {d['k_bellm']} "
             f"({d['k_rule']}); second depth k = {d['k_quarter']}"
         )
-        jobs = []
-        for r in self.untrained_rows(d):
-            jobs.append((f"untrained-{r['name']}", lambda r=r: self._eval_untrained(r)))
-        for a in self.arms(d):
-            for seed in a["seeds"]:
-                jobs.append((f"train-{a['name']}-seed{seed}", lambda a=a, seed=seed: self._train(a, seed)))
-                jobs.append(
-                    (f"eval-{a['name']}-seed{seed}", lambda a=a, seed=seed: self._eval_trained(a, seed))
-                )
-        est = self.estimate()["stages"]
-        todo = [(n, f) for n, f in jobs if self.done(n) is None]
-        total = sum(est.get(n, 60.0) for n, _ in todo)
-        with tqdm(
-            total=round(total),
-            unit="s",
-            desc="reproduce (est. seconds of work)",
-            disable=not self.progress,
-            position=0,
-            dynamic_ncols=True,
-        ) as bar:
-            for name, fn in todo:
-                bar.set_postfix_str(name)
-                self.stage(name, fn)
-                bar.update(round(est.get(name, 60.0)))
+        while True:  # a second pass runs the stages that only exist once earlier ones finished
+            est = self.estimate()["stages"]
+            todo = [(n, f) for n, f in self.jobs(d) if self.done(n) is None]
+            if not todo:
+                return 0
+            total = sum(est.get(n, 60.0) for n, _ in todo)
+            with tqdm(
+                total=round(total),
+                unit="s",
+                desc="reproduce (est. seconds of work)",
+                disable=not self.progress,
+                position=0,
+                dynamic_ncols=True,
+            ) as bar:
+                for i, (name, fn) in enumerate(todo):
+                    if stop_after_s is not None and time.monotonic() - t_start > stop_after_s:
+                        tqdm.write(
+                            f"stopping before {name}: --stop-after reached; rerun the same command to resume"
+                        )
+                        return len(todo) - i
+                    bar.set_postfix_str(name)
+                    self.stage(name, fn)
+                    bar.update(round(est.get(name, 60.0)))
 
     def _eval_untrained(self, row: dict) -> dict:
         result = self.evaluate(
@@ -486,13 +680,32 @@ class Run:
         )
         return {"row": row, **result}
 
+    def _arm_config(self, arm: dict, seed: int):
+        """The training config of an arm and seed; an arm with ``multiple`` trains that many times longer."""
+        overrides = {}
+        if arm.get("multiple", 1) != 1:
+            s, m = self.settings, arm["multiple"]
+            steps = self.total_steps() * m
+            overrides = {"max_steps": steps, "save_steps": 0 if s.smoke else max(1, min(25, steps // 4))}
+        return self.train_config(
+            f"{arm['name']}-seed{seed}", arm["from_layer"], arm["pooling"], seed, **overrides
+        )
+
     def _train(self, arm: dict, seed: int) -> dict:
-        config = self.train_config(f"{arm['name']}-seed{seed}", arm["from_layer"], arm["pooling"], seed)
+        config = self._arm_config(arm, seed)
         result = bellm.train(config)
         return {"arm": arm, "seed": seed, "train": result, "config": dataclasses.asdict(config)}
 
+    def adapter(self, arm: dict, seed: int) -> str:
+        """The trained adapter of an arm and seed. When its folder is gone (a run directory from git: adapters
+        are not committed) it is trained again: the same config resumes from whatever checkpoints exist."""
+        path = self.resolve(self.done(f"train-{arm['name']}-seed{seed}")["train"]["output_dir"])
+        if not path.is_dir():
+            bellm.train(self._arm_config(arm, seed))
+        return str(path)
+
     def _eval_trained(self, arm: dict, seed: int) -> dict:
-        adapter = self.done(f"train-{arm['name']}-seed{seed}")["train"]["output_dir"]
+        adapter = self.adapter(arm, seed)
         encoder = self.load_encoder(arm["from_layer"], arm["pooling"], adapter=adapter)
         result = self.evaluate(f"eval-{arm['name']}-seed{seed}", encoder)
         return {"arm": arm, "seed": seed, "adapter": adapter, **result}

@@ -62,3 +62,205 @@ def test_results_md_is_the_same_as_before_the_split(case, tmp_path, monkeypatch)
     assert path.read_text(encoding="utf-8") == (EXPECTED / f"RESULTS.{case}.md").read_text(encoding="utf-8")
     if case != "early":
         assert (tmp_path / "results_assets" / "turning_point.png").is_file()
+
+
+def _fixture_run(tmp_path, **overrides):
+    from experiments.settings import Settings
+    from experiments.stages import Run
+
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "settings.json").read_text())
+    saved["train_data"] = str(tmp_path / saved["train_data"])
+    settings = Settings.from_saved({**saved, **overrides})
+    return Run(tmp_path / "run", settings, progress=False)
+
+
+def test_depth_study_grid_order_pairs_each_seed_with_causal(tmp_path):
+    """Every (arm, seed) of the depth study once; causal and the upper quarter alternate seed by seed first,
+    the middle depth (L//2) is added, every arm has every seed."""
+    from experiments.depth_study import depth_study_jobs, grid_order
+
+    run = _fixture_run(tmp_path, depth_study=True)
+    d = run.done("turning_point")["design"]
+    order = [(a["name"], s) for a, s in grid_order(run, d)]
+    names = {a["name"] for a in run.arms(d)}
+    assert names == {
+        "causal",
+        "bellm-k28",
+        "bidir-k23",
+        "bidir-k15",
+        "all-bidirectional",
+        "last-layer-mean",
+        "causal-mean",
+    }
+    assert sorted(order) == sorted((n, s) for n in names for s in (42, 43))
+    assert order[:4] == [("causal", 42), ("bidir-k23", 42), ("causal", 43), ("bidir-k23", 43)]
+    assert order.index(("causal-mean", 42)) < order.index(("last-layer-mean", 42))
+    jobs = [n for n, _ in depth_study_jobs(run, d)]
+    assert "sweep" not in jobs  # the fixture's turning-point stage holds the sweep already
+    assert jobs[-1] == "best-depth" and not any(n.startswith(("train-long", "fullpairs-")) for n in jobs)
+    planned = [n for n, _ in depth_study_jobs(run, d, for_estimate=True)]
+    assert "train-long4x-bidir-best-seed42" in planned and "fullpairs-causal-seed42" in planned
+    assert "train-long4x-causal-seed44" not in planned  # --long-seeds 3 of 2 seeds: both
+    assert len(set(planned)) == len(planned)
+
+
+def test_settings_of_an_older_run_and_the_depth_study_extension(tmp_path):
+    from experiments.settings import ReproduceError
+
+    run = _fixture_run(tmp_path)
+    saved = json.loads((run.out / "settings.json").read_text())
+    saved["train_data"] = run.settings.train_data
+    (run.out / "settings.json").write_text(
+        json.dumps(saved)
+    )  # no depth-study keys: written before they existed
+    run.check_settings()  # the missing keys take their defaults
+    run.settings.depth_study = True
+    run.check_settings()  # a standard run extends into the depth study
+    assert json.loads((run.out / "settings.json").read_text())["depth_study"] is True
+    run.settings.depth_study = False
+    with pytest.raises(ReproduceError, match="depth_study: saved True, now False"):
+        run.check_settings()
+
+
+def test_paired_comparison_and_verdict(tmp_path):
+    from bellm.sts_data import TASKS
+    from experiments.stats import paired_comparison, verdict
+
+    run = _fixture_run(tmp_path)
+    c = paired_comparison(run, "bellm-k28", "causal", [42, 43, 44])  # 44 was never run: left out
+    assert c["seeds"] == [42, 43]
+    expected = [
+        run.done(f"eval-bellm-k28-seed{s}")["average"] - run.done(f"eval-causal-seed{s}")["average"]
+        for s in (42, 43)
+    ]
+    assert c["deltas"] == pytest.approx(expected) and c["mean"] == pytest.approx(sum(expected) / 2)
+    assert c["se"] == pytest.approx(abs(expected[0] - expected[1]) / 2)
+    assert c["ahead"] == sum(x > 0 for x in expected)
+    task = TASKS[0]
+    per = [
+        run.done(f"eval-bellm-k28-seed{s}")["scores"][task] - run.done(f"eval-causal-seed{s}")["scores"][task]
+        for s in (42, 43)
+    ]
+    assert c["per_set"][task]["mean"] == pytest.approx(sum(per) / 2)
+    assert c["bootstrap"] is None  # the fixture has neither caches nor pair cosines: no interval claimed
+    assert verdict(c) == "undecided"
+    three = {"deltas": [1.0, 1.2, 0.9], "t_interval": (0.5, 1.6), "bootstrap": {"lo": 0.2, "hi": 1.9}}
+    assert verdict(three) == "helps"
+    assert verdict({**three, "bootstrap": {"lo": -0.1, "hi": 1.9}}) == "indistinguishable"
+    assert verdict({**three, "t_interval": (-1.6, -0.5), "bootstrap": {"lo": -1.9, "hi": -0.2}}) == "hurts"
+
+
+def test_a_run_refuses_other_input_files(tmp_path):
+    """``inputs.json`` records the sha256 of the model, triplets and STS files; other files are refused."""
+    from experiments.settings import ReproduceError
+
+    run = _fixture_run(tmp_path)
+    try:
+        run.check_inputs()
+    except FileNotFoundError:
+        pytest.skip("the real SmolLM2 GGUF or the STS data not found")
+    run.check_inputs()  # the same files: accepted
+    saved = json.loads((run.out / "inputs.json").read_text())
+    assert (
+        set(saved) == {"model", "train_data", "sts", "device"}
+        and "snli_devtest_triplets.tsv.gz" in saved["train_data"]
+    )
+    name = sorted(saved["sts"])[0]
+    saved["sts"][name] = "0" * 64
+    (run.out / "inputs.json").write_text(json.dumps(saved))
+    with pytest.raises(ReproduceError, match=f"sts: {name} differ"):
+        run.check_inputs()
+    saved["sts"][name] = run.input_identity()["sts"][name]
+    saved["device"] = {"type": "cuda" if saved["device"]["type"] == "cpu" else "cpu"}
+    (run.out / "inputs.json").write_text(json.dumps(saved))
+    with pytest.raises(ReproduceError, match="device: type differ"):
+        run.check_inputs()
+    del saved["device"]  # a record from before the device type was recorded: it is added, not refused
+    (run.out / "inputs.json").write_text(json.dumps(saved))
+    run.check_inputs()
+    assert "device" in json.loads((run.out / "inputs.json").read_text())
+
+
+def _write_eval(run, name: str, cosines: dict, gold: dict, **extra) -> None:
+    """An evaluation stage JSON whose scores are the Spearman x 100 of its own pair cosines."""
+    from scipy.stats import spearmanr
+
+    from bellm._io import atomic_write_json
+
+    scores = {t: float(spearmanr(cosines[t], gold[t]).statistic * 100) for t in cosines}
+    result = {
+        "scores": scores,
+        "average": sum(scores.values()) / len(scores),
+        "pairs": {t: len(v) for t, v in cosines.items()},
+        "pair_cosines": {t: [float(x) for x in v] for t, v in cosines.items()},
+        **extra,
+    }
+    atomic_write_json(run.out / "stages" / f"{name}.json", result)
+
+
+def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
+    """The depth study's sections on a run whose stage JSONs are synthetic (no model): an arm whose cosines
+    rank the pairs exactly like the gold scores *helps*, one with causal's cosines is *indistinguishable*, one
+    ranking them backwards *hurts*; Δ(k), the longer budget and the full-protocol check are drawn from their
+    stages, and nothing that did not run is shown."""
+    import numpy as np
+
+    from bellm.sts_data import TASKS, load_sts
+    from experiments import report
+    from experiments.depth_study import depth_arms
+
+    seeds = [42, 43, 44]
+    run = _fixture_run(tmp_path, depth_study=True, seeds=seeds, eval_max_pairs=40, full_max_pairs=80)
+    try:
+        gold = {t: np.asarray(load_sts(t, "test").sample(40, 0).scores) for t in TASKS}
+        full_gold = {t: np.asarray(load_sts(t, "test").sample(80, 0).scores) for t in TASKS}
+    except FileNotFoundError:
+        pytest.skip("the STS data not found")
+    d = run.done("turning_point")["design"]
+    monkeypatch.chdir(tmp_path)  # the fixture's paths are relative to the folder holding run/
+
+    def noisy(g, seed):
+        return g + np.random.default_rng(seed).normal(0, 1.5, len(g))
+
+    effect = {"bidir-k23": "better", "bidir-k15": "same", "all-bidirectional": "worse"}
+    for arm in run.arms(d):
+        for seed in seeds:
+            if arm["name"] in ("causal-mean", "last-layer-mean") and seed != 42:
+                continue  # the mean pair with one seed only: undecided
+            kind = effect.get(arm["name"], "same")
+            cos = {
+                t: {"better": gold[t], "same": noisy(gold[t], seed), "worse": -gold[t]}[kind] for t in TASKS
+            }
+            _write_eval(run, f"eval-{arm['name']}-seed{seed}", cos, gold, arm=arm, seed=seed)
+    report.write_report(run, tmp_path / "R.md")
+    text = (tmp_path / "R.md").read_text()
+    verdicts = ("helps |", "hurts |", "indistinguishable |", "undecided |")
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.endswith(verdicts)}
+    assert "| helps |" in rows["bidirectional from k=23 (second depth) − causal"]
+    assert "| indistinguishable |" in rows["bidirectional from k=15 (middle of the stack) − causal"]
+    assert "| hurts |" in rows["all bidirectional (from_layer=0) − causal"]
+    assert "| undecided |" in rows["from_layer=-1 (29), mean pooling − causal, mean pooling (control)"]
+    assert (tmp_path / "results_assets" / "delta_vs_k.png").stat().st_size > 1000
+    assert "## 6. A longer budget (4x the steps)\n\nNot run yet" in text and "not run |" not in text
+    assert "**partial run**" in text
+    # best depth, the longer budget and the full-protocol check
+    from bellm._io import atomic_write_json
+
+    best = next(a for a in depth_arms(run, d) if a["name"] == "bidir-k23")
+    atomic_write_json(run.out / "stages" / "best-depth.json", {"arm": best, "rule": "largest mean", "x": 1})
+    for seed in seeds:
+        for name, kind in (("long4x-causal", "same"), ("long4x-bidir-k23", "better")):
+            cos = {t: noisy(gold[t], seed + 7) if kind == "same" else gold[t] for t in TASKS}
+            _write_eval(run, f"eval-{name}-seed{seed}", cos, gold)
+    for name, kind in (("causal", "same"), ("bidir-k23", "better")):
+        cos = {t: noisy(full_gold[t], 42) if kind == "same" else full_gold[t] for t in TASKS}
+        _write_eval(run, f"fullpairs-{name}-seed42", cos, full_gold)
+    report.write_report(run, tmp_path / "R.md")
+    text = (tmp_path / "R.md").read_text()
+    assert "| 1x | 1 | 42, 43, 44 |" in text and "| 4x | 4 | 42, 43, 44 |" in text  # the smoke's 1 step
+    full_row = (
+        "| bidirectional from k=23 (second depth), seed 42 | 100.00 | [100.00, 100.00] | 100.00 | 560 | yes |"
+    )
+    assert full_row in text  # the same ranking on the sampled pairs and on every pair
+    assert "sampled and the every-pair scores" in text

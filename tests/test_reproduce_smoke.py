@@ -51,14 +51,22 @@ def _run(*args, timeout=900):
     )
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "run"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     proc = _run("--smoke", "--output", str(out))
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
-    print(f"smoke run: {seconds:.0f} s")
+    print(f"smoke run: {seconds:.0f} s, {_cpu_seconds() - cpu0:.0f} CPU s")
     return out
 
 
@@ -98,7 +106,9 @@ def test_every_stage_ran_and_the_design_is_sane(smoke):
         assert (smoke / "stages" / f"{n}.json").is_file(), n
     mean_arm = _stage(smoke, "train-last-layer-mean-seed42")
     assert mean_arm["config"]["pooling"] == "mean" and mean_arm["config"]["from_layer"] == L - 1
-    enc = json.loads((Path(mean_arm["train"]["output_dir"]) / "bellm_encoder.json").read_text())
+    enc = json.loads(
+        (smoke / mean_arm["train"]["output_dir"] / "bellm_encoder.json").read_text()
+    )  # stage JSONs hold paths relative to the run directory
     assert enc["pooling"] == "mean"
     # same budget for every arm
     configs = [_stage(smoke, n)["config"] for n in names if n.startswith("train-")]
@@ -253,3 +263,94 @@ def test_cli_budget_options():
     default = rep.settings_from_args(parse([]))
     assert len(default.seeds) >= 3 and default.eval_max_pairs == 300 and default.steps == 100
     assert rep.settings_from_args(parse(["--smoke"])).seeds == [42, 43]
+
+
+@pytest.fixture(scope="module")
+def depth_smoke(smoke, tmp_path_factory):
+    """The depth study as an extension of the smoke run, started the way a later sitting on a new machine starts
+    it from git: the embedding caches are gone (the bootstrap reads the stage JSONs' cosines) and so is the
+    adapter of causal seed 42 (the full-protocol check trains it again from its recorded config)."""
+    out = tmp_path_factory.mktemp("depth") / "run"
+    shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("cache", "causal-seed42"))
+    before = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    proc = _run("--smoke", "--depth-study", "--output", str(out))
+    print(f"depth-study smoke: {time.perf_counter() - t0:.0f} s, {_cpu_seconds() - cpu0:.0f} CPU s")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = {p.name: p.read_bytes() for p in (out / "stages").glob("*.json")}
+    assert {n: after[n] for n in before} == before  # every finished stage is kept, none rerun
+    return out
+
+
+def test_depth_study_runs_the_new_arm_the_longer_budget_and_every_pair(depth_smoke):
+    d = _stage(depth_smoke, "turning_point")["design"]
+    L, k, kq = d["num_layers"], d["k_bellm"], d["k_quarter"]
+    depths = [f"bellm-k{k}", f"bidir-k{kq}", "all-bidirectional"]
+    if L // 2 not in (k, kq):
+        depths.append(f"bidir-k{L // 2}")
+    for arm in ["causal", *depths, "last-layer-mean", "causal-mean"]:  # --depth-seeds 1 in the smoke
+        for seed in (42, 43) if arm in ("causal", f"bellm-k{k}") else (42,):
+            assert (depth_smoke / "stages" / f"eval-{arm}-seed{seed}.json").is_file(), (arm, seed)
+    best = _stage(depth_smoke, "best-depth")
+    assert best["arm"]["name"] in depths
+    means = best["mean_paired_difference"]
+    assert means[best["arm"]["name"]] == max(means.values())
+    long_causal = _stage(depth_smoke, "train-long2x-causal-seed42")["config"]
+    assert long_causal["max_steps"] == 2 * _stage(depth_smoke, "train-causal-seed42")["config"]["max_steps"]
+    assert (depth_smoke / "stages" / f"eval-long2x-{best['arm']['name']}-seed42.json").is_file()
+    assert (depth_smoke / "train" / "causal-seed42" / "adapter_model.safetensors").is_file()  # trained again
+    for arm in ("causal", best["arm"]["name"]):
+        full = _stage(depth_smoke, f"fullpairs-{arm}-seed42")
+        assert full["protocol"]["max_pairs"] == 8 and all(n == 8 for n in full["pairs"].values())
+
+
+def test_stage_json_is_portable_and_holds_the_pair_cosines(depth_smoke):
+    """No stage JSON names the run directory (a committed run moves); the stored cosines give back every
+    reported score."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from bellm.sts_data import load_sts
+
+    for path in (depth_smoke / "stages").glob("*.json"):
+        assert str(depth_smoke) not in path.read_text(), path.name
+    for name in (
+        "eval-causal-seed43",
+        f"eval-bidir-k{_stage(depth_smoke, 'turning_point')['design']['k_quarter']}-seed42",
+        "fullpairs-causal-seed42",
+    ):
+        result = _stage(depth_smoke, name)
+        for task, cosines in result["pair_cosines"].items():
+            gold = load_sts(task, "test").sample(result["protocol"]["max_pairs"], 0).scores
+            expected = result["scores"][task]
+            rho = spearmanr(np.asarray(cosines), gold).statistic * 100
+            assert (expected is None and np.isnan(rho)) or abs(rho - expected) < 1e-4, (name, task)
+
+
+def test_depth_study_report_shows_only_finished_stages(depth_smoke, tmp_path):
+    text = (depth_smoke / "RESULTS.md").read_text()
+    assert "SMOKE RUN" in text and "not run" not in text
+    for heading in (
+        "## 4. Paired differences",
+        "## 5. Δ(k)",
+        "## 6. A longer budget",
+        "## 7. Sampled",
+        "## 8.",
+    ):
+        assert heading in text, heading
+    assert (depth_smoke / "results_assets" / "delta_vs_k.png").stat().st_size > 1000
+    assert "causal − causal" not in text and "from_layer=-1 (29), mean pooling − causal, mean pooling" in text
+    partial = tmp_path / "run"
+    shutil.copytree(depth_smoke, partial)
+    for p in (partial / "stages").glob("*.json"):
+        if p.name.startswith(("eval-", "train-", "best-", "fullpairs-")) and "seed42" not in p.name:
+            p.unlink()
+    (partial / "stages" / "best-depth.json").unlink(missing_ok=True)
+    proc = _run("--report", "--output", str(partial))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (partial / "RESULTS.md").read_text()
+    assert "**partial run**" in text and "not run |" not in text
+    assert (
+        "| undecided |" in text and "| helps |" not in text and "| hurts |" not in text
+    )  # one seed: no verdict
+    assert "## 6. A longer budget (2x the steps)\n\nNot run yet" in text
