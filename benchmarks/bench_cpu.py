@@ -1,7 +1,7 @@
 """CPU benchmark on the real SmolLM2-135M-Instruct (GGUF, dequantised to float32): bellm vs its peers.
 
     python -m benchmarks.bench_cpu [--rounds 2] [--groups stsb,long-2k,long-8k] [--threads 2]
-                                   [--output benchmarks/results-cpu.json]
+                                   [--output benchmarks/results-cpu.json] [--model-dir DIR]
     python -m benchmarks.report --cpu benchmarks/results-cpu.json   # the CPU section of BENCHMARKS.md
 
 Groups (the same loaded weights for every contender):
@@ -10,7 +10,17 @@ Groups (the same loaded weights for every contender):
   (``Encoder.encode``, packed batches), the unpatched model with sdpa on length-sorted padded batches of 64
   (``hf-sdpa-sorted``), sentence-transformers ``encode`` (batch 64) around the same model;
 - ``long-2k`` / ``long-8k``: one input of plain words (STS-B sentences joined) of 2,048 / 8,000 tokens, no
-  prompt, last-token pooling. Contenders: bellm and the unpatched model with sdpa (``hf-sdpa``).
+  prompt, last-token pooling. Contenders: bellm and the unpatched model with sdpa (``hf-sdpa``);
+- ``stsb-budget``: the first 384 ``stsb`` sentences through bellm at token budgets of 1k, 2k, 4k and 8k
+  tokens per packed batch (``bellm-1k`` ... ``bellm-8k``): how the CPU default of ``max_tokens_per_batch`` was
+  chosen; run it at several ``--threads``;
+- ``train-tiny`` / ``train-smollm2``: one training step (forward, AnglE loss, backward, AdamW) on 4 SNLI
+  triplets under BeLLM's prompt, LoRA r 64 on every linear layer, the last layer bidirectional, on the
+  random-weight tiny llama / the real SmolLM2 weights. Contenders: bellm on its CPU path (``bellm``), bellm with
+  ``bellm_kernels`` running :mod:`bellm_kernels.reference` instead (``bellm-reference``: the path the CPU path
+  replaced), and the unpatched model on a padded batch with a per-layer mask (``hf-sdpa-padded``). The time
+  is the median of 20 (tiny) / 3 (SmolLM2) steps after a warm-up step; "max abs diff vs HF" compares the
+  warm-up step's loss.
 
 bellm runs with its default ``from_layer`` (every layer causal on bellm's attention path: the same maths as
 the peers, so the embeddings are compared: ``max_abs_diff_vs_hf``).
@@ -20,11 +30,15 @@ peak memory is its own: the peak resident set of the timed part (Linux ``VmHWM``
 ``/proc/self/clear_refs``; elsewhere ``ru_maxrss`` of the whole process, load included). Contenders alternate
 in rounds (order reversed every other round), so load from other processes hits them alike; the row is the
 median over rounds. Nothing asserts on speed.
+
+An existing ``--output`` file keeps the groups this run does not measure (at the same ``--threads``); every row
+records its run (date, commit, threads, load average at start and end of its group).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gzip
 import json
@@ -39,9 +53,15 @@ GROUPS = {
     "stsb": ("bellm", "hf-sdpa-sorted", "sentence-transformers"),
     "long-2k": ("bellm", "hf-sdpa"),
     "long-8k": ("bellm", "hf-sdpa"),
+    "stsb-budget": ("bellm-1k", "bellm-2k", "bellm-4k", "bellm-8k"),
+    "train-tiny": ("bellm", "bellm-reference", "hf-sdpa-padded"),
+    "train-smollm2": ("bellm", "bellm-reference", "hf-sdpa-padded"),
 }
+TRAIN_TRIPLETS = 4  # SNLI triplets per training step (12 sequences)
+TRAIN_STEPS = {"train-tiny": 20, "train-smollm2": 3}  # timed steps per measurement, after a warm-up step
 LONG_TOKENS = {"long-2k": 2048, "long-8k": 8000}
 STSB_SENTENCES = 768
+BUDGET_SENTENCES = 384  # stsb-budget: ~6.7k tokens, 1 packed batch at 8k, 2 at 4k, 4 at 2k, 7 at 1k
 BATCH = 64
 
 
@@ -78,6 +98,8 @@ def _workload(group: str, tok) -> tuple[list[str], str]:
 
     if group == "stsb":
         return _stsb_sentences()[:STSB_SENTENCES], BELLM_PROMPT
+    if group == "stsb-budget":
+        return _stsb_sentences()[:BUDGET_SENTENCES], BELLM_PROMPT
     return [_long_text(tok, LONG_TOKENS[group])], "{text}"
 
 
@@ -123,10 +145,11 @@ def _sentence_transformers(model, prompt: str, model_dir: str):
 
 
 def _contender(impl: str, model, tok, prompt: str, model_dir: str):
-    if impl == "bellm":
+    if impl == "bellm" or impl.endswith("k"):  # bellm-4k: a token budget of 4 * 1024 per packed batch
         from bellm.encoder import Encoder
 
-        enc = Encoder(model, tok, prompt=prompt, pooling="last", max_length=8192)
+        budget = None if impl == "bellm" else int(impl.split("-")[1][:-1]) * 1024
+        enc = Encoder(model, tok, prompt=prompt, pooling="last", max_length=8192, max_tokens_per_batch=budget)
         return lambda texts: enc.encode(texts, convert_to_tensor=True, show_progress_bar=False)
     if impl.startswith("hf-sdpa"):
         return _hf(model, tok, prompt, BATCH)
@@ -172,6 +195,8 @@ def measure_one(group: str, impl: str, threads: int, model_dir: str) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     torch.set_num_threads(threads)
+    if group.startswith("train-"):
+        return measure_train(group, impl, model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
                                       local_files_only=True).eval()
@@ -186,6 +211,96 @@ def measure_one(group: str, impl: str, threads: int, model_dir: str) -> dict:
     lengths = [len(x) for x in tok([prompt.replace("{text}", t) for t in texts])["input_ids"]]
     return {"seconds": seconds, "peak_rss_mb": peak, "peak_scope": "timed part" if reset else "process",
             "tokens": sum(lengths), "texts": len(texts), "embeddings": emb.float().tolist()}
+
+
+# ------------------------------------------------------------------------------------------------------
+# one training measurement (child process)
+
+
+@contextlib.contextmanager
+def _reference_kernels():
+    """``bellm_kernels`` on CPU tensors runs :mod:`bellm_kernels.reference` (what the CPU path replaced)."""
+    from bellm_kernels import cpu, reference
+
+    saved = cpu.attention, cpu.pool
+
+    def attention(q, k, v, *, causal, scale, cu_seqlens=None, attention_mask=None, eager_order=False):
+        return reference.attention(q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens,
+                                   attention_mask=attention_mask)
+
+    cpu.attention, cpu.pool = attention, reference.pool
+    try:
+        yield
+    finally:
+        cpu.attention, cpu.pool = saved
+
+
+def _train_model(group: str, model_dir: str):
+    """``train-tiny``: bench_train's random-weight TINY llama with LoRA r64; ``train-smollm2``: the real
+    SmolLM2 weights with the same LoRA (r 64, alpha 128, every linear layer, dropout 0)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from benchmarks._shapes import TINY
+    from benchmarks.bench_train import _model
+
+    if group == "train-tiny":
+        return _model(TINY, "cpu", torch.float32, r=64)
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
+                                      local_files_only=True)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    torch.manual_seed(0)
+    return get_peft_model(model, LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0, target_modules=targets))
+
+
+def measure_train(group: str, impl: str, model_dir: str) -> dict:
+    """Median time of one training step (packed or padded forward, AnglE loss, backward, AdamW) over
+    ``TRAIN_STEPS[group]`` steps after a warm-up step, on ``TRAIN_TRIPLETS`` SNLI triplets under BeLLM's prompt with
+    the last layer bidirectional. ``embeddings`` holds the warm-up step's loss (compared across impls)."""
+    import torch
+
+    from bellm.losses import AnglELoss
+    from bellm.surgery import patch
+    from bellm.trainer import batch_loss
+    from benchmarks._timing import summarize
+    from benchmarks.bench_train import _padded_inputs, _padded_loss, _triplets
+
+    model = _train_model(group, model_dir)
+    config = model.get_base_model().config
+    from_layer = config.num_hidden_layers - 1
+    columns = _triplets(TRAIN_TRIPLETS, config.vocab_size)
+    loss_fn = AnglELoss()
+    if impl == "hf-sdpa-padded":
+        input_ids, mask = _padded_inputs(columns, "cpu")
+        loss_of = lambda: _padded_loss(model, loss_fn, columns, from_layer, input_ids, mask,  # noqa: E731
+                                       torch.float32)
+    else:
+        patch(model, from_layer=from_layer)
+        loss_of = lambda: batch_loss(model, loss_fn, columns, None, torch.device("cpu"))[0]  # noqa: E731
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> float:
+        loss = loss_of()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    with _reference_kernels() if impl == "bellm-reference" else contextlib.nullcontext():
+        first_loss = step()  # warm-up: thread pool, allocator, optimizer state
+        reset = _reset_peak_rss()
+        times = []
+        for _ in range(TRAIN_STEPS[group]):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    peak = _peak_rss_mb(reset)
+    tokens = sum(len(ids) for col in columns for ids in col)
+    return {"seconds": summarize(times)["median_ms"] / 1000, "peak_rss_mb": peak,
+            "peak_scope": "timed part" if reset else "process", "tokens": tokens, "texts": 3 * TRAIN_TRIPLETS,
+            "embeddings": [[first_loss]]}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -239,8 +354,8 @@ def _collect(groups, rounds, threads, model_dir, log) -> list[dict]:
                 log(f"{group} round {r + 1}/{rounds} {impl}: {result['seconds']:.2f} s, "
                     f"peak {result['peak_rss_mb']:.0f} MB")
                 samples[impl].append(result)
-        peer = next(i for i in impls if i.startswith("hf-"))
-        peer_emb = torch.tensor(samples[peer][0]["embeddings"]) if samples[peer] else None
+        peer = next((i for i in impls if i.startswith("hf-")), None)
+        peer_emb = torch.tensor(samples[peer][0]["embeddings"]) if peer and samples[peer] else None
         for impl, results in samples.items():
             if not results:
                 rows.append({"module": "cpu", "group": group, "impl": impl, "skipped": failed.get(impl, "no run")})
@@ -255,7 +370,9 @@ def _collect(groups, rounds, threads, model_dir, log) -> list[dict]:
                 "peak_rss_mb": rss[len(rss) // 2],
                 "max_abs_diff_vs_hf": None if peer_emb is None else float((emb - peer_emb).abs().max()),
                 "rounds": len(results),
-                "note": f"{first['texts']} text(s), {first['tokens']} tokens; peak RSS of the {first['peak_scope']}",
+                "note": f"{first['texts']} text(s), {first['tokens']} tokens"
+                        + (f"; one step, median of {TRAIN_STEPS[group]}" if group in TRAIN_STEPS else "")
+                        + f"; peak RSS of the {first['peak_scope']}",
             })
     return rows
 
@@ -280,17 +397,40 @@ def main(argv=None) -> int:
     from bellm._io import atomic_write_text
     from benchmarks._timing import environment
 
-    env = {**environment(), "threads": args.threads, "cpu_count": os.cpu_count(),
-           "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    rows = []
+    env = {**environment(), "cpu_count": os.cpu_count()}
+    output = Path(args.output)
+    kept = _earlier_rows(output)
+    rows: list[dict] = []
     for group in groups:  # the results file is rewritten after every group, so a long run can be cut short
-        rows += collect([group], args.rounds, args.threads, args.model_dir, log=lambda s: print(s, flush=True))
-        env["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        results = {"environment": env, "kind": "cpu", "rows": rows}
-        atomic_write_text(Path(args.output), json.dumps(results, indent=1))
-        print(f"wrote {args.output} ({group} done)", flush=True)
+        run = {"date": env["date"], "commit": env.get("commit"), "threads": args.threads,
+               "load_average_at_start": _load_average()}
+        new = collect([group], args.rounds, args.threads, args.model_dir, log=lambda s: print(s, flush=True))
+        run["load_average_at_end"] = _load_average()
+        rows += [{**row, "threads": args.threads, "run": run} for row in new]
+        done = {(r["group"], r["threads"]) for r in rows}
+        results = {"environment": env, "kind": "cpu",
+                   "rows": [r for r in kept if (r["group"], r["threads"]) not in done] + rows}
+        atomic_write_text(output, json.dumps(results, indent=1))
+        print(f"wrote {output} ({group} done)", flush=True)
     return 0
 
+
+def _load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _earlier_rows(path: Path) -> list[dict]:
+    """The rows of an earlier results file at ``path`` (kept unless this run measures their group again at the
+    same thread count), each with its run's date, commit, threads and load; none when there is no such file."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if earlier.get("kind") != "cpu":
+        return []
+    env = earlier.get("environment", {})
+    run = {k: env.get(k) for k in ("date", "commit", "threads", "load_average_at_start", "load_average_at_end")}
+    return [{"threads": run["threads"], "run": run, **row} for row in earlier.get("rows", [])]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -279,49 +279,76 @@ def load_cpu_results(path: str | os.PathLike) -> dict:
     return data
 
 
+def _load_text(start, end) -> str:
+    return ", ".join("?" if x is None else f"{x:.1f}" for x in (start, end))
+
+
 def cpu_section(results: dict, source: str) -> list[str]:
-    """Markdown lines of the CPU section: environment, then one table per group, bellm against each peer."""
+    """Markdown lines of the CPU section: environment, then one table per group (and thread count), bellm
+    against each peer; a group without a plain ``bellm`` row is compared with its fastest row. Rows that record
+    their run (``run``: date, commit, load) get a run line per group; older files have one run for all."""
     env = results["environment"]
-    load = [env.get("load_average_at_start"), env.get("load_average_at_end")]
     lines = [
         "## CPU (not a GPU benchmark)", "",
         f"Generated from `{source}`, written by `python -m benchmarks.bench_cpu`; do not edit by hand. The real "
         "SmolLM2-135M-Instruct in float32, the same weights for every contender; each measurement is its own "
         "process (peak RSS is that process's, of the timed part), contenders alternate in rounds, and the time "
-        "is the median over rounds.", "",
+        "is the median over rounds. Other processes shared the cores (load average below): compare ratios "
+        "within a group, not absolute times.", "",
         "| | |", "|---|---|",
-        f"| CPU | {_cell(env.get('cpu', '?'))}, {env.get('cpu_count', '?')} cores, "
-        f"{env.get('threads', '?')} torch threads |",
+        f"| CPU | {_cell(env.get('cpu', '?'))}, {env.get('cpu_count', '?')} cores |",
         "| torch / transformers | " + " / ".join(env.get(k, "?") for k in ("torch", "transformers")) + " |",
         f"| python | {env.get('python', '?')} |",
-        f"| git commit | {env.get('commit', 'unknown')} |",
-        f"| date (UTC) | {env.get('date', 'unknown')} |",
-        "| load average (start, end) | " + ", ".join("?" if x is None else f"{x:.1f}" for x in load)
-        + " (other processes shared the cores: compare ratios within a group, not absolute times) |",
-        "",
     ]
-    for group, rows in grouped(results["rows"]).get("cpu", {}).items():
-        bellm = next((r for r in rows if r["impl"] == "bellm" and timed(r)), None)
-        lines += [f"### {_cell(group)}", "",
-                  "| impl | time s | tokens/s | peak RSS MB | bellm speed-up over it | bellm RSS ÷ its RSS "
-                  "| max abs diff vs HF | rounds | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for row in rows:
-            impl = f"**{row['impl']}**" if is_bellm(row["impl"]) else row["impl"]
-            if not timed(row):
-                lines.append(f"| {impl} | skipped | | | | | | | {_cell(row.get('skipped', ''))} |")
-                continue
-            speed = mem = ""
-            if bellm is not None and row is not bellm:
-                speed = f"**{_ratio(row['median_ms'] / bellm['median_ms'])}×**"
-                mem = _ratio(bellm["peak_rss_mb"] / row["peak_rss_mb"])
-            diff = row.get("max_abs_diff_vs_hf")
-            lines.append(
-                f"| {impl} | {row['median_ms'] / 1000:.2f} | {_num(row['tokens_per_s'])} | "
-                f"{row['peak_rss_mb']:.0f} | {speed} | {mem} | {'' if diff is None else f'{diff:.2g}'} | "
-                f"{row.get('rounds', '')} | {_cell(row.get('note', ''))} |"
-            )
-        lines.append("")
+    if not any("run" in r for r in results["rows"]):
+        lines += [
+            f"| torch threads | {env.get('threads', '?')} |",
+            f"| git commit | {env.get('commit', 'unknown')} |",
+            f"| date (UTC) | {env.get('date', 'unknown')} |",
+            "| load average (start, end) | "
+            + _load_text(env.get("load_average_at_start"), env.get("load_average_at_end")) + " |",
+        ]
+    lines.append("")
+    by_group: dict[tuple, list[dict]] = {}
+    for row in results["rows"]:
+        if row.get("module") == "cpu":
+            by_group.setdefault((row["group"], row.get("threads")), []).append(row)
+    for (group, threads), rows in by_group.items():
+        lines += _cpu_group_table(group, threads, rows)
+    return lines
+
+
+def _cpu_group_table(group: str, threads, rows: list[dict]) -> list[str]:
+    timed_rows = [r for r in rows if timed(r)]
+    ref = next((r for r in timed_rows if r["impl"] == "bellm"), None)
+    if ref is None and timed_rows:
+        ref = min(timed_rows, key=lambda r: r["median_ms"])
+    ref_name = "bellm" if ref is None else ref["impl"]
+    heading = group if threads is None else f"{group}, {threads} torch thread{'s' if threads != 1 else ''}"
+    lines = [f"### {_cell(heading)}", ""]
+    run = next((r["run"] for r in rows if "run" in r), None)
+    if run is not None:
+        lines += [f"Run {run.get('date', '?')}, commit {run.get('commit') or 'unknown'}, load average (start, end) "
+                  f"{_load_text(run.get('load_average_at_start'), run.get('load_average_at_end'))}.", ""]
+    lines += [f"| impl | time s | tokens/s | peak RSS MB | {ref_name} speed-up over it | {ref_name} RSS ÷ its RSS "
+              "| max abs diff vs HF | rounds | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        impl = f"**{row['impl']}**" if row is ref else row["impl"]
+        if not timed(row):
+            lines.append(f"| {impl} | skipped | | | | | | | {_cell(row.get('skipped', ''))} |")
+            continue
+        speed = mem = ""
+        if ref is not None and row is not ref:
+            speed = f"**{_ratio(row['median_ms'] / ref['median_ms'])}×**"
+            mem = _ratio(ref["peak_rss_mb"] / row["peak_rss_mb"])
+        diff = row.get("max_abs_diff_vs_hf")
+        lines.append(
+            f"| {impl} | {_num(row['median_ms'] / 1000)} | {_num(row['tokens_per_s'])} | "
+            f"{row['peak_rss_mb']:.0f} | {speed} | {mem} | {'' if diff is None else f'{diff:.2g}'} | "
+            f"{row.get('rounds', '')} | {_cell(row.get('note', ''))} |"
+        )
+    lines.append("")
     return lines
 
 
