@@ -6,9 +6,10 @@
 
 Groups (the same loaded weights for every contender):
 
-- ``stsb``: the first 768 STS-B test sentences with BeLLM's prompt, last-token pooling. Contenders: bellm
-  (``Encoder.encode``, packed batches), the unpatched model with sdpa on length-sorted padded batches of 64
-  (``hf-sdpa-sorted``), sentence-transformers ``encode`` (batch 64) around the same model;
+- ``stsb``: the first 768 STS-B test sentences (``--sentences`` for fewer) with BeLLM's prompt, last-token
+  pooling. Contenders: bellm (``Encoder.encode``, packed batches), the unpatched model with sdpa on
+  length-sorted padded batches of 64 (``hf-sdpa-sorted``), sentence-transformers ``encode`` (batch 64) around
+  the same model;
 - ``long-2k`` / ``long-8k``: one input of plain words (STS-B sentences joined) of 2,048 / 8,000 tokens, no
   prompt, last-token pooling. Contenders: bellm and the unpatched model with sdpa (``hf-sdpa``);
 - ``stsb-budget``: the first 384 ``stsb`` sentences through bellm at token budgets of 1k, 2k, 4k and 8k
@@ -92,14 +93,15 @@ def _long_text(tok, tokens: int) -> str:
     return cut
 
 
-def _workload(group: str, tok) -> tuple[list[str], str]:
-    """``(texts, prompt)`` of a group; the prompt has one ``{text}``."""
+def _workload(group: str, tok, sentences: int | None = None) -> tuple[list[str], str]:
+    """``(texts, prompt)`` of a group; the prompt has one ``{text}``; ``sentences`` overrides the number of
+    STS-B sentences of ``stsb`` / ``stsb-budget``."""
     from bellm.encoder import BELLM_PROMPT
 
     if group == "stsb":
-        return _stsb_sentences()[:STSB_SENTENCES], BELLM_PROMPT
+        return _stsb_sentences()[: sentences or STSB_SENTENCES], BELLM_PROMPT
     if group == "stsb-budget":
-        return _stsb_sentences()[:BUDGET_SENTENCES], BELLM_PROMPT
+        return _stsb_sentences()[: sentences or BUDGET_SENTENCES], BELLM_PROMPT
     return [_long_text(tok, LONG_TOKENS[group])], "{text}"
 
 
@@ -189,7 +191,7 @@ def save_model(path: Path) -> None:
     save_safetensors(model, str(path / "model.safetensors"))
 
 
-def measure_one(group: str, impl: str, threads: int, model_dir: str) -> dict:
+def measure_one(group: str, impl: str, threads: int, model_dir: str, sentences: int | None = None) -> dict:
     """Load the model, warm up on a short input, time the group's workload once; peak RSS of the timed part."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -200,7 +202,7 @@ def measure_one(group: str, impl: str, threads: int, model_dir: str) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
                                       local_files_only=True).eval()
-    texts, prompt = _workload(group, tok)
+    texts, prompt = _workload(group, tok, sentences)
     run = _contender(impl, model, tok, prompt, model_dir)
     run(texts[:BATCH] if len(texts) > 1 else [texts[0][:2000]])  # warm-up: thread pool, allocator
     reset = _reset_peak_rss()
@@ -307,16 +309,17 @@ def measure_train(group: str, impl: str, model_dir: str) -> dict:
 # the run (parent process)
 
 
-def _child(group: str, impl: str, threads: int, model_dir: str) -> dict:
+def _child(group: str, impl: str, threads: int, model_dir: str, sentences: int | None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_cpu", "--child", group, impl, "--threads", str(threads),
-           "--model-dir", model_dir]
+           "--model-dir", model_dir] + ([] if sentences is None else ["--sentences", str(sentences)])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
     if proc.returncode != 0:
         raise RuntimeError(f"{group}/{impl} failed: {proc.stderr.strip().splitlines()[-3:]}")
     return json.loads(proc.stdout.strip().split("\n")[-1])
 
 
-def collect(groups: list[str], rounds: int, threads: int, model_dir: str | None = None, log=print) -> list[dict]:
+def collect(groups: list[str], rounds: int, threads: int, model_dir: str | None = None, log=print,
+            sentences: int | None = None) -> list[dict]:
     """Rows ``{group, impl, median_ms, p20_ms, p80_ms, peak_rss_mb, tokens_per_s, max_abs_diff_vs_hf, ...}``.
 
     ``model_dir``: the model saved by :func:`save_model`, written there first when absent (default: a temporary
@@ -327,13 +330,13 @@ def collect(groups: list[str], rounds: int, threads: int, model_dir: str | None 
         if not (Path(model_dir) / "model.safetensors").exists():
             Path(model_dir).mkdir(parents=True, exist_ok=True)
             save_model(Path(model_dir))
-        return _collect(groups, rounds, threads, model_dir, log)
+        return _collect(groups, rounds, threads, model_dir, log, sentences)
     with tempfile.TemporaryDirectory() as model_dir:
         save_model(Path(model_dir))
-        return _collect(groups, rounds, threads, model_dir, log)
+        return _collect(groups, rounds, threads, model_dir, log, sentences)
 
 
-def _collect(groups, rounds, threads, model_dir, log) -> list[dict]:
+def _collect(groups, rounds, threads, model_dir, log, sentences) -> list[dict]:
     import torch
 
     from benchmarks._timing import summarize
@@ -346,7 +349,7 @@ def _collect(groups, rounds, threads, model_dir, log) -> list[dict]:
         for r in range(rounds):
             for impl in impls if r % 2 == 0 else impls[::-1]:
                 try:
-                    result = _child(group, impl, threads, model_dir)
+                    result = _child(group, impl, threads, model_dir, sentences)
                 except RuntimeError as err:  # a contender that cannot run becomes a skipped row
                     log(str(err))
                     failed[impl] = str(err)[-300:]
@@ -383,13 +386,18 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch threads per contender (default: %(default)s)")
     p.add_argument("--output", default="benchmarks/results-cpu.json")
+    p.add_argument("--sentences", type=int, help=f"STS-B sentences of stsb / stsb-budget (default "
+                   f"{STSB_SENTENCES} / {BUDGET_SENTENCES}; fewer for a shorter run on a busy machine)")
     p.add_argument("--child", nargs=2, metavar=("GROUP", "IMPL"), help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help="keep the de-quantised model (safetensors) in this folder and reuse it "
                    "in later runs (default: a temporary folder, de-quantising the GGUF every run)")
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(measure_one(*args.child, threads=args.threads, model_dir=args.model_dir)))
+        print(json.dumps(measure_one(*args.child, threads=args.threads, model_dir=args.model_dir,
+                                     sentences=args.sentences)))
         return 0
+    if args.sentences is not None and args.sentences < 1:
+        p.error(f"--sentences must be >= 1, got {args.sentences}")
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -404,7 +412,8 @@ def main(argv=None) -> int:
     for group in groups:  # the results file is rewritten after every group, so a long run can be cut short
         run = {"date": env["date"], "commit": env.get("commit"), "threads": args.threads,
                "load_average_at_start": _load_average()}
-        new = collect([group], args.rounds, args.threads, args.model_dir, log=lambda s: print(s, flush=True))
+        new = collect([group], args.rounds, args.threads, args.model_dir, log=lambda s: print(s, flush=True),
+                      sentences=args.sentences)
         run["load_average_at_end"] = _load_average()
         rows += [{**row, "threads": args.threads, "run": run} for row in new]
         done = {(r["group"], r["threads"]) for r in rows}
