@@ -19,9 +19,10 @@ Groups (the same loaded weights for every contender):
   triplets under BeLLM's prompt, LoRA r 64 on every linear layer, the last layer bidirectional, on the
   random-weight tiny llama / the real SmolLM2 weights. Contenders: bellm on its CPU path (``bellm``), bellm with
   ``bellm_kernels`` running :mod:`bellm_kernels.reference` instead (``bellm-reference``: the path the CPU path
-  replaced), and the unpatched model on a padded batch with a per-layer mask (``hf-sdpa-padded``). The time
+  replaced), and the unpatched model on a padded batch with a per-layer mask (``hf-sdpa-padded``). One
+  process per round holds the model and the impls take turns step by step (:func:`measure_train`); the time
   is the median of 20 (tiny) / 3 (SmolLM2) steps after a warm-up step; "max abs diff vs HF" compares the
-  warm-up step's loss.
+  losses on the untouched model.
 
 bellm runs with its default ``from_layer`` (every layer causal on bellm's attention path: the same maths as
 the peers, so the embeddings are compared: ``max_abs_diff_vs_hf``).
@@ -198,7 +199,7 @@ def measure_one(group: str, impl: str, threads: int, model_dir: str, sentences: 
 
     torch.set_num_threads(threads)
     if group.startswith("train-"):
-        return measure_train(group, impl, model_dir)
+        return measure_train(group, model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
                                       local_files_only=True).eval()
@@ -256,14 +257,17 @@ def _train_model(group: str, model_dir: str):
     return get_peft_model(model, LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0, target_modules=targets))
 
 
-def measure_train(group: str, impl: str, model_dir: str) -> dict:
-    """Median time of one training step (packed or padded forward, AnglE loss, backward, AdamW) over
-    ``TRAIN_STEPS[group]`` steps after a warm-up step, on ``TRAIN_TRIPLETS`` SNLI triplets under BeLLM's prompt with
-    the last layer bidirectional. ``embeddings`` holds the warm-up step's loss (compared across impls)."""
+def measure_train(group: str, model_dir: str) -> dict:
+    """``{impl: result}`` for every impl of a ``train-*`` group, in one process on one model: the impls take
+    turns step by step (order reversed every other step), each with its own AdamW, so load from other
+    processes hits them alike. A step is a packed (or padded) forward, AnglE loss, backward and AdamW step on
+    ``TRAIN_TRIPLETS`` SNLI triplets under BeLLM's prompt, the last layer bidirectional; ``seconds`` is the
+    median of ``TRAIN_STEPS[group]`` steps after one warm-up step per impl. ``embeddings`` holds each impl's
+    loss on the untouched model (compared across impls); the peak RSS is the process's, shared by the impls."""
     import torch
 
     from bellm.losses import AnglELoss
-    from bellm.surgery import patch
+    from bellm.surgery import patch, unpatch
     from bellm.trainer import batch_loss
     from benchmarks._timing import summarize
     from benchmarks.bench_train import _padded_inputs, _padded_loss, _triplets
@@ -273,36 +277,48 @@ def measure_train(group: str, impl: str, model_dir: str) -> dict:
     from_layer = config.num_hidden_layers - 1
     columns = _triplets(TRAIN_TRIPLETS, config.vocab_size)
     loss_fn = AnglELoss()
-    if impl == "hf-sdpa-padded":
-        input_ids, mask = _padded_inputs(columns, "cpu")
-        loss_of = lambda: _padded_loss(model, loss_fn, columns, from_layer, input_ids, mask,  # noqa: E731
-                                       torch.float32)
-    else:
-        patch(model, from_layer=from_layer)
-        loss_of = lambda: batch_loss(model, loss_fn, columns, None, torch.device("cpu"))[0]  # noqa: E731
+    input_ids, mask = _padded_inputs(columns, "cpu")
+    impls = GROUPS[group]
+
+    def loss_of(impl: str):
+        patched = getattr(config, "bellm", None) is not None
+        if impl == "hf-sdpa-padded":
+            if patched:
+                unpatch(model)
+            return _padded_loss(model, loss_fn, columns, from_layer, input_ids, mask, torch.float32)
+        if not patched:
+            patch(model, from_layer=from_layer)
+        with _reference_kernels() if impl == "bellm-reference" else contextlib.nullcontext():
+            return batch_loss(model, loss_fn, columns, None, torch.device("cpu"))[0]
+
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    first_loss = {}
+    for impl in impls:
+        with torch.no_grad():
+            first_loss[impl] = float(loss_of(impl))
+    optimizers = {impl: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+                  for impl in impls}
 
-    def step() -> float:
-        loss = loss_of()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+    def step(impl: str) -> float:
+        t0 = time.perf_counter()
+        with _reference_kernels() if impl == "bellm-reference" else contextlib.nullcontext():
+            loss_of(impl).backward()
+        optimizers[impl].step()
+        optimizers[impl].zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
 
-    with _reference_kernels() if impl == "bellm-reference" else contextlib.nullcontext():
-        first_loss = step()  # warm-up: thread pool, allocator, optimizer state
-        reset = _reset_peak_rss()
-        times = []
-        for _ in range(TRAIN_STEPS[group]):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+    for impl in impls:
+        step(impl)  # warm-up: thread pool, allocator, optimizer state
+    reset = _reset_peak_rss()
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    for k in range(TRAIN_STEPS[group]):
+        for impl in impls if k % 2 == 0 else impls[::-1]:
+            times[impl].append(step(impl))
     peak = _peak_rss_mb(reset)
     tokens = sum(len(ids) for col in columns for ids in col)
-    return {"seconds": summarize(times)["median_ms"] / 1000, "peak_rss_mb": peak,
-            "peak_scope": "timed part" if reset else "process", "tokens": tokens, "texts": 3 * TRAIN_TRIPLETS,
-            "embeddings": [[first_loss]]}
+    return {impl: {"seconds": summarize(times[impl])["median_ms"] / 1000, "peak_rss_mb": peak,
+                   "peak_scope": "timed part (all impls)" if reset else "process", "tokens": tokens,
+                   "texts": 3 * TRAIN_TRIPLETS, "embeddings": [[first_loss[impl]]]} for impl in impls}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -347,16 +363,17 @@ def _collect(groups, rounds, threads, model_dir, log, sentences) -> list[dict]:
         samples: dict[str, list[dict]] = {impl: [] for impl in impls}
         failed: dict[str, str] = {}
         for r in range(rounds):
-            for impl in impls if r % 2 == 0 else impls[::-1]:
+            for impl in ("all",) if group in TRAIN_STEPS else impls if r % 2 == 0 else impls[::-1]:
                 try:
                     result = _child(group, impl, threads, model_dir, sentences)
                 except RuntimeError as err:  # a contender that cannot run becomes a skipped row
                     log(str(err))
-                    failed[impl] = str(err)[-300:]
+                    failed.update({i: str(err)[-300:] for i in (impls if impl == "all" else [impl])})
                     continue
-                log(f"{group} round {r + 1}/{rounds} {impl}: {result['seconds']:.2f} s, "
-                    f"peak {result['peak_rss_mb']:.0f} MB")
-                samples[impl].append(result)
+                for name, one in (result.items() if impl == "all" else [(impl, result)]):
+                    log(f"{group} round {r + 1}/{rounds} {name}: {one['seconds']:.3g} s, "
+                        f"peak {one['peak_rss_mb']:.0f} MB")
+                    samples[name].append(one)
         peer = next((i for i in impls if i.startswith("hf-")), None)
         peer_emb = torch.tensor(samples[peer][0]["embeddings"]) if peer and samples[peer] else None
         for impl, results in samples.items():
@@ -374,7 +391,8 @@ def _collect(groups, rounds, threads, model_dir, log, sentences) -> list[dict]:
                 "max_abs_diff_vs_hf": None if peer_emb is None else float((emb - peer_emb).abs().max()),
                 "rounds": len(results),
                 "note": f"{first['texts']} text(s), {first['tokens']} tokens"
-                        + (f"; one step, median of {TRAIN_STEPS[group]}" if group in TRAIN_STEPS else "")
+                        + (f"; one step, median of {TRAIN_STEPS[group]} per round, impls taking turns in one "
+                           "process; diff: loss" if group in TRAIN_STEPS else "")
                         + f"; peak RSS of the {first['peak_scope']}",
             })
     return rows
