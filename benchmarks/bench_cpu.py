@@ -281,7 +281,7 @@ def measure_train(group: str, model_dir: str) -> dict:
     impls = GROUPS[group]
 
     def loss_of(impl: str):
-        patched = getattr(config, "bellm", None) is not None
+        patched = getattr(model.get_base_model().config, "bellm", None) is not None  # patch copies the config
         if impl == "hf-sdpa-padded":
             if patched:
                 unpatch(model)
