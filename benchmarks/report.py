@@ -16,7 +16,7 @@ No number may enter BENCHMARKS.md unless it was measured on a named GPU: a resul
 from a ``--smoke`` run, is refused unless ``--allow-cpu`` is given, and the report is then labelled as a
 smoke run that says nothing about speed.
 
-The one exception is the **CPU section**: ``--cpu FILE`` (the output of ``python -m benchmarks.bench_cpu``, real
+The one exception is the **CPU section**: ``--cpu FILE [FILE ...]`` (output of ``python -m benchmarks.bench_cpu``, real
 SmolLM2 on CPU threads) adds a section headed and labelled as CPU, with its own environment line; without a GPU
 results file, BENCHMARKS.md holds only that section and says that no GPU benchmark has been run. ``--serve FILE``
 (the ``--output`` of ``python -m benchmarks.bench_serve``) adds the serving table to that section.
@@ -273,11 +273,21 @@ def render_markdown(results: dict, source: str = "results.json", charts: dict[st
 # The CPU section (benchmarks/bench_cpu.py)
 
 
-def load_cpu_results(path: str | os.PathLike) -> dict:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("kind") != "cpu" or "rows" not in data:
-        raise ValueError(f"{path}: not a results file from `python -m benchmarks.bench_cpu`")
-    return data
+def load_cpu_results(*paths: str | os.PathLike) -> dict:
+    """One or more ``bench_cpu`` results files as one: their rows in order, each row with its run (a row
+    without one gets its file's date, commit, threads and load), the environment of the last file."""
+    merged: dict = {"kind": "cpu", "rows": []}
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("kind") != "cpu" or "rows" not in data:
+            raise ValueError(f"{path}: not a results file from `python -m benchmarks.bench_cpu`")
+        if len(paths) == 1:
+            return data
+        env = data.get("environment", {})
+        run = {k: env.get(k) for k in ("date", "commit", "threads", "load_average_at_start", "load_average_at_end")}
+        merged["rows"] += [{"threads": run["threads"], "run": run, **row} for row in data["rows"]]
+        merged["environment"] = env
+    return merged
 
 
 def _load_text(start, end) -> str:
@@ -291,7 +301,7 @@ def cpu_section(results: dict, source: str) -> list[str]:
     env = results["environment"]
     lines = [
         "## CPU (not a GPU benchmark)", "",
-        f"Generated from `{source}`, written by `python -m benchmarks.bench_cpu`; do not edit by hand. The real "
+        f"Generated from {source}, written by `python -m benchmarks.bench_cpu`; do not edit by hand. The real "
         "SmolLM2-135M-Instruct in float32, the same weights for every contender; each measurement is its own "
         "process (peak RSS is that process's, of the timed part), contenders alternate in rounds, and the time "
         "is the median over rounds. Other processes shared the cores (load average below): compare ratios "
@@ -370,7 +380,7 @@ def serve_section(results: dict, source: str) -> list[str]:
     env, cost = results["environment"], results["forward_cost"]
     lines = [
         "### Serving: `bellm serve` on CPU", "",
-        f"Generated from `{source}`, written by `python -m benchmarks.bench_serve --output`; do not edit by hand. "
+        f"Generated from {source}, written by `python -m benchmarks.bench_serve --output`; do not edit by hand. "
         f"{env.get('model', '?')}, {env.get('sentences', '?')}, one sentence per request, "
         f"{env.get('max_batch_tokens', '?')} tokens per forward; clients are threads on the same cores as the "
         "servers. Run "
@@ -475,7 +485,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--charts-dir", default="benchmarks/charts", help="PNG folder (default: %(default)s)")
     p.add_argument("--allow-cpu", action="store_true",
                    help="accept a CPU or --smoke results file; the report is then labelled as a smoke run")
-    p.add_argument("--cpu", help="results JSON from `python -m benchmarks.bench_cpu`: adds the CPU section")
+    p.add_argument("--cpu", nargs="+", help="results JSON from `python -m benchmarks.bench_cpu` (one or more, "
+                   "e.g. from separate sittings): adds the CPU section")
     p.add_argument("--serve", help="results JSON from `python -m benchmarks.bench_serve --output FILE`: adds the "
                    "serving table to the CPU section")
     args = p.parse_args(argv)
@@ -490,15 +501,16 @@ def main(argv=None) -> int:
 
     output = Path(args.output)
     try:
-        cpu = load_cpu_results(args.cpu) if args.cpu else None
+        cpu = load_cpu_results(*args.cpu) if args.cpu else None
+        cpu_source = ", ".join(f"`{Path(c).name}`" for c in args.cpu or [])
         serve = load_serve_results(args.serve) if args.serve else None
         results = load_results(args.results) if args.results else None
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    serve_source = Path(args.serve).name if args.serve else ""
+    serve_source = f"`{Path(args.serve).name}`" if args.serve else ""
     if results is None:
-        atomic_write_text(output, render_cpu_only(cpu, Path(args.cpu).name if args.cpu else "", serve, serve_source))
+        atomic_write_text(output, render_cpu_only(cpu, cpu_source, serve, serve_source))
         print(f"wrote {output} (CPU section only, {len(cpu['rows']) if cpu else 0} rows"
               f"{', serving table' if serve else ''})")
         return 0
@@ -512,7 +524,7 @@ def main(argv=None) -> int:
            for m, p in charts.items()}
     text = render_markdown(results, source=Path(args.results).name, charts=rel)
     if cpu is not None or serve is not None:
-        cpu_lines = cpu_section(cpu, Path(args.cpu).name) if cpu is not None else ["## CPU (not a GPU benchmark)", ""]
+        cpu_lines = cpu_section(cpu, cpu_source) if cpu is not None else ["## CPU (not a GPU benchmark)", ""]
         if serve is not None:
             cpu_lines += serve_section(serve, serve_source)
         text = text + "\n" + "\n".join(cpu_lines).rstrip() + "\n"

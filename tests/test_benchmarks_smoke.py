@@ -395,3 +395,20 @@ def test_bench_cpu_keeps_earlier_groups_with_their_run(tmp_path):
     (row,) = bench_cpu._earlier_rows(path)
     assert row["threads"] == 2 and row["run"]["commit"] == "c" and row["group"] == "long-2k"
     assert bench_cpu._earlier_rows(tmp_path / "absent.json") == []
+
+
+def test_report_reads_several_cpu_files_each_with_its_run(tmp_path):
+    """--cpu A B: the rows of both files, each group with the date and load of its own file's run."""
+    paths = []
+    for i, group in enumerate(("long-2k", "stsb")):
+        env = {"date": f"2026-01-0{i + 1}", "commit": f"c{i}", "threads": 2, "load_average_at_start": float(i),
+               "load_average_at_end": float(i)}
+        rows = [{"module": "cpu", "group": group, "impl": impl, "median_ms": ms, "p20_ms": ms, "p80_ms": ms,
+                 "tokens_per_s": 1.0, "peak_rss_mb": 1000.0} for impl, ms in (("bellm", 1000.0), ("hf-sdpa", 1500.0))]
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps({"environment": env, "kind": "cpu", "rows": rows}))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report.main(["--cpu", *map(str, paths), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "Run 2026-01-01, commit c0" in text and "Run 2026-01-02, commit c1" in text
+    assert "### long-2k, 2 torch threads" in text and "### stsb, 2 torch threads" in text
