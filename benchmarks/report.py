@@ -275,7 +275,8 @@ def render_markdown(results: dict, source: str = "results.json", charts: dict[st
 
 def load_cpu_results(*paths: str | os.PathLike) -> dict:
     """One or more ``bench_cpu`` results files as one: their rows in order, each row with its run (a row
-    without one gets its file's date, commit, threads and load), the environment of the last file."""
+    without one gets its file's date, commit, threads and load), the environment of the last file. A group
+    (at one thread count) in a later file replaces the same group of an earlier one."""
     merged: dict = {"kind": "cpu", "rows": []}
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -285,7 +286,9 @@ def load_cpu_results(*paths: str | os.PathLike) -> dict:
             return data
         env = data.get("environment", {})
         run = {k: env.get(k) for k in ("date", "commit", "threads", "load_average_at_start", "load_average_at_end")}
-        merged["rows"] += [{"threads": run["threads"], "run": run, **row} for row in data["rows"]]
+        rows = [{"threads": run["threads"], "run": run, **row} for row in data["rows"]]
+        replaced = {(r["group"], r["threads"]) for r in rows}
+        merged["rows"] = [r for r in merged["rows"] if (r["group"], r["threads"]) not in replaced] + rows
         merged["environment"] = env
     return merged
 
@@ -402,9 +405,10 @@ def serve_section(results: dict, source: str) -> list[str]:
                      f"{row.get('sentences', '')} |")
     lines += [
         "",
-        f"Forward cost in one process, no HTTP: {_num(cost['ms_per_sentence_alone'])} ms per sentence encoded "
-        f"alone, {_num(cost['ms_per_sentence_batched'])} ms per sentence in one forward of {cost['batch']}: "
-        f"batching can gain at most {_ratio(cost['ceiling'])}× over one request per forward on this machine.",
+        f"Forward cost in the benchmark's own process, no HTTP: {_num(cost['ms_per_sentence_alone'])} ms per "
+        f"sentence encoded alone, {_num(cost['ms_per_sentence_batched'])} ms per sentence in one forward of "
+        f"{cost['batch']} (quotient {_ratio(cost['ceiling'])}×: what batching saves per sentence in the forward "
+        "itself).",
         "",
     ]
     return lines
