@@ -408,10 +408,26 @@ def serve_section(results: dict, source: str) -> list[str]:
         f"Forward cost in the benchmark's own process, no HTTP: {_num(cost['ms_per_sentence_alone'])} ms per "
         f"sentence encoded alone, {_num(cost['ms_per_sentence_batched'])} ms per sentence in one forward of "
         f"{cost['batch']} (quotient {_ratio(cost['ceiling'])}×: what batching saves per sentence in the forward "
-        "itself).",
+        "itself). " + _serve_conclusion(results),
         "",
     ]
     return lines
+
+
+def _serve_conclusion(results: dict) -> str:
+    """One sentence on the batched server's gain over the unbatched one at the most clients, read against the
+    forward cost: inside the forward's own gain, the rest of the gap lies outside the forward."""
+    top = max(r["clients"] for r in results["rows"])
+    at = {r["impl"]: r["sentences_per_s"] for r in results["rows"] if r["clients"] == top}
+    if "bellm-serve" not in at or "bellm-serve-unbatched" not in at:
+        return ""
+    gain, ceiling = at["bellm-serve"] / at["bellm-serve-unbatched"], results["forward_cost"]["ceiling"]
+    if gain >= ceiling:
+        return (f"At {top} clients the batched server reached {_ratio(gain)}× the unbatched one: all the forward's "
+                "own gain.")
+    return (f"At {top} clients the batched server reached {_ratio(gain)}× the unbatched one, less than the "
+            f"forward's {_ratio(ceiling)}×: the rest is spent outside the forward (HTTP, tokenizing and queueing "
+            "per request, and the client threads, which share the cores with the servers).")
 
 
 def render_cpu_only(cpu: dict | None, source: str, serve: dict | None = None, serve_source: str = "") -> str:
