@@ -46,6 +46,7 @@ import gzip
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -269,7 +270,6 @@ def measure_train(group: str, model_dir: str) -> dict:
     from bellm.losses import AnglELoss
     from bellm.surgery import patch, unpatch
     from bellm.trainer import batch_loss
-    from benchmarks._timing import summarize
     from benchmarks.bench_train import _padded_inputs, _padded_loss, _triplets
 
     model = _train_model(group, model_dir)
@@ -316,7 +316,7 @@ def measure_train(group: str, model_dir: str) -> dict:
             times[impl].append(step(impl))
     peak = _peak_rss_mb(reset)
     tokens = sum(len(ids) for col in columns for ids in col)
-    return {impl: {"seconds": summarize(times[impl])["median_ms"] / 1000, "peak_rss_mb": peak,
+    return {impl: {"seconds": statistics.median(times[impl]), "peak_rss_mb": peak,
                    "peak_scope": "timed part (all impls)" if reset else "process", "tokens": tokens,
                    "texts": 3 * TRAIN_TRIPLETS, "embeddings": [[first_loss[impl]]]} for impl in impls}
 
