@@ -2,7 +2,7 @@
 
     python -m benchmarks.report benchmarks/results.json [--output BENCHMARKS.md]
                                 [--charts-dir benchmarks/charts] [--allow-cpu]
-                                [--cpu benchmarks/results-cpu.json]
+                                [--cpu benchmarks/results-cpu.json] [--serve benchmarks/results-serve.json]
 
 The input is what ``python -m benchmarks.run`` wrote (or a ``pytest benchmarks/ --benchmark-only
 --benchmark-json=FILE`` file, whose ``extra_info`` carries the same rows). The report has a header naming
@@ -16,9 +16,10 @@ No number may enter BENCHMARKS.md unless it was measured on a named GPU: a resul
 from a ``--smoke`` run, is refused unless ``--allow-cpu`` is given, and the report is then labelled as a
 smoke run that says nothing about speed.
 
-The one exception is the **CPU section**: ``--cpu FILE`` (the output of ``python -m benchmarks.bench_cpu``, real
+The one exception is the **CPU section**: ``--cpu FILE [FILE ...]`` (output of ``python -m benchmarks.bench_cpu``, real
 SmolLM2 on CPU threads) adds a section headed and labelled as CPU, with its own environment line; without a GPU
-results file, BENCHMARKS.md holds only that section and says that no GPU benchmark has been run.
+results file, BENCHMARKS.md holds only that section and says that no GPU benchmark has been run. ``--serve FILE``
+(the ``--output`` of ``python -m benchmarks.bench_serve``) adds the serving table to that section.
 """
 
 from __future__ import annotations
@@ -275,65 +276,172 @@ def render_markdown(results: dict, source: str = "results.json", charts: dict[st
 # The CPU section (benchmarks/bench_cpu.py)
 
 
-def load_cpu_results(path: str | os.PathLike) -> dict:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("kind") != "cpu" or "rows" not in data:
-        raise ValueError(f"{path}: not a results file from `python -m benchmarks.bench_cpu`")
-    return data
+def load_cpu_results(*paths: str | os.PathLike) -> dict:
+    """One or more ``bench_cpu`` results files as one: their rows in order, each row with its run (a row
+    without one gets its file's date, commit, threads and load), the environment of the last file. A group
+    (at one thread count) in a later file replaces the same group of an earlier one."""
+    merged: dict = {"kind": "cpu", "rows": []}
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("kind") != "cpu" or "rows" not in data:
+            raise ValueError(f"{path}: not a results file from `python -m benchmarks.bench_cpu`")
+        if len(paths) == 1:
+            return data
+        env = data.get("environment", {})
+        run = {k: env.get(k) for k in ("date", "commit", "threads", "load_average_at_start", "load_average_at_end")}
+        rows = [{"threads": run["threads"], "run": run, **row} for row in data["rows"]]
+        replaced = {(r["group"], r["threads"]) for r in rows}
+        merged["rows"] = [r for r in merged["rows"] if (r["group"], r["threads"]) not in replaced] + rows
+        merged["environment"] = env
+    return merged
+
+
+def _load_text(start, end) -> str:
+    return ", ".join("?" if x is None else f"{x:.1f}" for x in (start, end))
 
 
 def cpu_section(results: dict, source: str) -> list[str]:
-    """Markdown lines of the CPU section: environment, then one table per group, bellm against each peer."""
+    """Markdown lines of the CPU section: environment, then one table per group (and thread count), bellm
+    against each peer; a group without a plain ``bellm`` row is compared with its fastest row. Rows that record
+    their run (``run``: date, commit, load) get a run line per group; older files have one run for all."""
     env = results["environment"]
-    load = [env.get("load_average_at_start"), env.get("load_average_at_end")]
     lines = [
         "## CPU (not a GPU benchmark)", "",
-        f"Generated from `{source}`, written by `python -m benchmarks.bench_cpu`; do not edit by hand. The real "
+        f"Generated from {source}, written by `python -m benchmarks.bench_cpu`; do not edit by hand. The real "
         "SmolLM2-135M-Instruct in float32, the same weights for every contender; each measurement is its own "
         "process (peak RSS is that process's, of the timed part), contenders alternate in rounds, and the time "
-        "is the median over rounds.", "",
+        "is the median over rounds. Other processes shared the cores (load average below): compare ratios "
+        "within a group, not absolute times.", "",
         "| | |", "|---|---|",
-        f"| CPU | {_cell(env.get('cpu', '?'))}, {env.get('cpu_count', '?')} cores, "
-        f"{env.get('threads', '?')} torch threads |",
+        f"| CPU | {_cell(env.get('cpu', '?'))}, {env.get('cpu_count', '?')} cores |",
         "| torch / transformers | " + " / ".join(env.get(k, "?") for k in ("torch", "transformers")) + " |",
         f"| python | {env.get('python', '?')} |",
-        f"| git commit | {env.get('commit', 'unknown')} |",
-        f"| date (UTC) | {env.get('date', 'unknown')} |",
-        "| load average (start, end) | " + ", ".join("?" if x is None else f"{x:.1f}" for x in load)
-        + " (other processes shared the cores: compare ratios within a group, not absolute times) |",
-        "",
     ]
-    for group, rows in grouped(results["rows"]).get("cpu", {}).items():
-        bellm = next((r for r in rows if r["impl"] == "bellm" and timed(r)), None)
-        lines += [f"### {_cell(group)}", "",
-                  "| impl | time s | tokens/s | peak RSS MB | bellm speed-up over it | bellm RSS ÷ its RSS "
-                  "| max abs diff vs HF | rounds | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for row in rows:
-            impl = f"**{row['impl']}**" if is_bellm(row["impl"]) else row["impl"]
-            if not timed(row):
-                lines.append(f"| {impl} | skipped | | | | | | | {_cell(row.get('skipped', ''))} |")
-                continue
-            speed = mem = ""
-            if bellm is not None and row is not bellm:
-                speed = f"**{_ratio(row['median_ms'] / bellm['median_ms'])}×**"
-                mem = _ratio(bellm["peak_rss_mb"] / row["peak_rss_mb"])
-            diff = row.get("max_abs_diff_vs_hf")
-            lines.append(
-                f"| {impl} | {row['median_ms'] / 1000:.2f} | {_num(row['tokens_per_s'])} | "
-                f"{row['peak_rss_mb']:.0f} | {speed} | {mem} | {'' if diff is None else f'{diff:.2g}'} | "
-                f"{row.get('rounds', '')} | {_cell(row.get('note', ''))} |"
-            )
-        lines.append("")
+    if not any("run" in r for r in results["rows"]):
+        lines += [
+            f"| torch threads | {env.get('threads', '?')} |",
+            f"| git commit | {env.get('commit', 'unknown')} |",
+            f"| date (UTC) | {env.get('date', 'unknown')} |",
+            "| load average (start, end) | "
+            + _load_text(env.get("load_average_at_start"), env.get("load_average_at_end")) + " |",
+        ]
+    lines.append("")
+    by_group: dict[tuple, list[dict]] = {}
+    for row in results["rows"]:
+        if row.get("module") == "cpu":
+            by_group.setdefault((row["group"], row.get("threads")), []).append(row)
+    for (group, threads), rows in by_group.items():
+        lines += _cpu_group_table(group, threads, rows)
     return lines
 
 
-def render_cpu_only(cpu: dict, source: str) -> str:
+def _cpu_group_table(group: str, threads, rows: list[dict]) -> list[str]:
+    timed_rows = [r for r in rows if timed(r)]
+    ref = next((r for r in timed_rows if r["impl"] == "bellm"), None)
+    if ref is None and timed_rows:
+        ref = min(timed_rows, key=lambda r: r["median_ms"])
+    ref_name = "bellm" if ref is None else ref["impl"]
+    heading = group if threads is None else f"{group}, {threads} torch thread{'s' if threads != 1 else ''}"
+    lines = [f"### {_cell(heading)}", ""]
+    run = next((r["run"] for r in rows if "run" in r), None)
+    if run is not None:
+        lines += [f"Run {run.get('date', '?')}, commit {run.get('commit') or 'unknown'}, load average (start, end) "
+                  f"{_load_text(run.get('load_average_at_start'), run.get('load_average_at_end'))}.", ""]
+    lines += [f"| impl | time s | tokens/s | peak RSS MB | {ref_name} speed-up over it | {ref_name} RSS ÷ its RSS "
+              "| max abs diff vs HF | rounds | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        impl = f"**{row['impl']}**" if row is ref else row["impl"]
+        if not timed(row):
+            lines.append(f"| {impl} | skipped | | | | | | | {_cell(row.get('skipped', ''))} |")
+            continue
+        speed = mem = ""
+        if ref is not None and row is not ref:
+            speed = f"**{_ratio(row['median_ms'] / ref['median_ms'])}×**"
+            mem = _ratio(ref["peak_rss_mb"] / row["peak_rss_mb"])
+        diff = row.get("max_abs_diff_vs_hf")
+        lines.append(
+            f"| {impl} | {_num(row['median_ms'] / 1000)} | {_num(row['tokens_per_s'])} | "
+            f"{row['peak_rss_mb']:.0f} | {speed} | {mem} | {'' if diff is None else f'{diff:.2g}'} | "
+            f"{row.get('rounds', '')} | {_cell(row.get('note', ''))} |"
+        )
+    lines.append("")
+    return lines
+
+
+def load_serve_results(path: str | os.PathLike) -> dict:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("kind") != "serve" or "rows" not in data or "forward_cost" not in data:
+        raise ValueError(f"{path}: not a results file from `python -m benchmarks.bench_serve --output FILE`")
+    return data
+
+
+SERVE_ARMS = {"offline-encode": "offline `Encoder.encode`", "bellm-serve": "**bellm serve**",
+              "bellm-serve-unbatched": "bellm serve --no-batching"}
+
+
+def serve_section(results: dict, source: str) -> list[str]:
+    """Markdown lines of the serving table: sentences/s and p50/p99 per client count and arm, the batched
+    server's throughput over each arm's, and the forward cost of 1 sentence against a batch."""
+    env, cost = results["environment"], results["forward_cost"]
+    lines = [
+        "### Serving: `bellm serve` on CPU", "",
+        f"Generated from {source}, written by `python -m benchmarks.bench_serve --output`; do not edit by hand. "
+        f"{env.get('model', '?')}, {env.get('sentences', '?')}, one sentence per request, "
+        f"{env.get('max_batch_tokens', '?')} tokens per forward; clients are threads on the same cores as the "
+        "servers. Run "
+        f"{env.get('date', '?')}, commit {env.get('commit') or 'unknown'}, torch {env.get('torch', '?')}, "
+        f"{env.get('cpu_count', '?')} cores, {env.get('threads', '?')} torch threads, load average (start, end) "
+        f"{_load_text(env.get('load_average_at_start'), env.get('load_average_at_end'))}.", "",
+        "| clients | arm | sentences/s | p50 ms | p99 ms | batched server's sentences/s ÷ its | rounds | "
+        "sentences |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    batched = {r["clients"]: r["sentences_per_s"] for r in results["rows"] if r["impl"] == "bellm-serve"}
+    for row in results["rows"]:
+        ratio = ""
+        if row["impl"] != "bellm-serve" and row["clients"] in batched:
+            ratio = f"**{_ratio(batched[row['clients']] / row['sentences_per_s'])}×**"
+        p50, p99 = (_num(row[k]) if k in row else "" for k in ("p50_ms", "p99_ms"))
+        lines.append(f"| {row['clients']} | {SERVE_ARMS.get(row['impl'], _cell(row['impl']))} | "
+                     f"{_num(row['sentences_per_s'])} | {p50} | {p99} | {ratio} | {row.get('rounds', '')} | "
+                     f"{row.get('sentences', '')} |")
+    lines += [
+        "",
+        f"Forward cost in the benchmark's own process, no HTTP: {_num(cost['ms_per_sentence_alone'])} ms per "
+        f"sentence encoded alone, {_num(cost['ms_per_sentence_batched'])} ms per sentence in one forward of "
+        f"{cost['batch']} (quotient {_ratio(cost['ceiling'])}×: what batching saves per sentence in the forward "
+        "itself). " + _serve_conclusion(results),
+        "",
+    ]
+    return lines
+
+
+def _serve_conclusion(results: dict) -> str:
+    """One sentence on the batched server's gain over the unbatched one at the most clients, read against the
+    forward cost: inside the forward's own gain, the rest of the gap lies outside the forward."""
+    top = max(r["clients"] for r in results["rows"])
+    at = {r["impl"]: r["sentences_per_s"] for r in results["rows"] if r["clients"] == top}
+    if "bellm-serve" not in at or "bellm-serve-unbatched" not in at:
+        return ""
+    gain, ceiling = at["bellm-serve"] / at["bellm-serve-unbatched"], results["forward_cost"]["ceiling"]
+    if gain >= ceiling:
+        return (f"At {top} clients the batched server reached {_ratio(gain)}× the unbatched one: all the forward's "
+                "own gain.")
+    return (f"At {top} clients the batched server reached {_ratio(gain)}× the unbatched one, less than the "
+            f"forward's {_ratio(ceiling)}×: the rest is spent outside the forward (HTTP, tokenizing and queueing "
+            "per request, and the client threads, which share the cores with the servers).")
+
+
+def render_cpu_only(cpu: dict | None, source: str, serve: dict | None = None, serve_source: str = "") -> str:
     lines = ["# bellm benchmarks", "",
              "No GPU benchmark has been run yet: this file holds the CPU section only. The GPU sections are "
              "generated by `python -m benchmarks.run` + `python -m benchmarks.report` on a named GPU "
              "(see `benchmarks/README.md`).", ""]
-    return "\n".join(lines + cpu_section(cpu, source)).rstrip() + "\n"
+    lines += cpu_section(cpu, source) if cpu is not None else ["## CPU (not a GPU benchmark)", ""]
+    if serve is not None:
+        lines += serve_section(serve, serve_source)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -400,10 +508,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--charts-dir", default="benchmarks/charts", help="PNG folder (default: %(default)s)")
     p.add_argument("--allow-cpu", action="store_true",
                    help="accept a CPU or --smoke results file; the report is then labelled as a smoke run")
-    p.add_argument("--cpu", help="results JSON from `python -m benchmarks.bench_cpu`: adds the CPU section")
+    p.add_argument("--cpu", nargs="+", help="results JSON from `python -m benchmarks.bench_cpu` (one or more, "
+                   "e.g. from separate sittings): adds the CPU section")
+    p.add_argument("--serve", help="results JSON from `python -m benchmarks.bench_serve --output FILE`: adds the "
+                   "serving table to the CPU section")
     args = p.parse_args(argv)
-    if args.results is None and args.cpu is None:
-        p.error("give a results file from `python -m benchmarks.run`, or --cpu FILE, or both")
+    if args.results is None and args.cpu is None and args.serve is None:
+        p.error("give a results file from `python -m benchmarks.run`, or --cpu FILE / --serve FILE, or both")
     return args
 
 
@@ -413,14 +524,18 @@ def main(argv=None) -> int:
 
     output = Path(args.output)
     try:
-        cpu = load_cpu_results(args.cpu) if args.cpu else None
+        cpu = load_cpu_results(*args.cpu) if args.cpu else None
+        cpu_source = ", ".join(f"`{Path(c).name}`" for c in args.cpu or [])
+        serve = load_serve_results(args.serve) if args.serve else None
         results = load_results(args.results) if args.results else None
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    serve_source = f"`{Path(args.serve).name}`" if args.serve else ""
     if results is None:
-        atomic_write_text(output, render_cpu_only(cpu, Path(args.cpu).name))
-        print(f"wrote {output} (CPU section only, {len(cpu['rows'])} rows)")
+        atomic_write_text(output, render_cpu_only(cpu, cpu_source, serve, serve_source))
+        print(f"wrote {output} (CPU section only, {len(cpu['rows']) if cpu else 0} rows"
+              f"{', serving table' if serve else ''})")
         return 0
     if not is_gpu_benchmark(results) and not args.allow_cpu:
         why = "a --smoke run" if results.get("smoke") else "not measured on a GPU (no 'gpu' in environment)"
@@ -431,8 +546,11 @@ def main(argv=None) -> int:
     rel = {m: Path(os.path.relpath(p.resolve(), output.resolve().parent)).as_posix()
            for m, p in charts.items()}
     text = render_markdown(results, source=Path(args.results).name, charts=rel)
-    if cpu is not None:
-        text = text + "\n" + "\n".join(cpu_section(cpu, Path(args.cpu).name)).rstrip() + "\n"
+    if cpu is not None or serve is not None:
+        cpu_lines = cpu_section(cpu, cpu_source) if cpu is not None else ["## CPU (not a GPU benchmark)", ""]
+        if serve is not None:
+            cpu_lines += serve_section(serve, serve_source)
+        text = text + "\n" + "\n".join(cpu_lines).rstrip() + "\n"
     atomic_write_text(output, text)
     print(f"wrote {output} ({len(results['rows'])} rows) and {len(charts)} chart(s) in {args.charts_dir}")
     return 0

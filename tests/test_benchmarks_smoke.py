@@ -335,3 +335,81 @@ def test_report_cpu_section_from_bench_cpu_results(tmp_path):
     assert "**1.50×**" in hf_line and "| 1.10 |" in hf_line  # 3000 / 2000 faster; 1100 / 1000 memory
     with pytest.raises(SystemExit):  # neither a results file nor --cpu
         report.parse_args([])
+
+
+def test_report_cpu_section_per_run_lines_and_fastest_row_reference(tmp_path):
+    """Rows that record their run get a run line per group; a group without a plain bellm row (the token-budget
+    sweep) is compared with its fastest row."""
+    run_env = {"date": "2026-01-02T00:00:00+00:00", "commit": "abc1234", "threads": 1,
+               "load_average_at_start": 3.0, "load_average_at_end": 4.0}
+    rows = [
+        {"module": "cpu", "group": "stsb-budget", "impl": f"bellm-{k}k", "median_ms": ms, "p20_ms": ms,
+         "p80_ms": ms, "tokens_per_s": 1.0, "peak_rss_mb": rss, "rounds": 2, "threads": 1, "run": run_env}
+        for k, ms, rss in ((1, 3000.0, 900.0), (4, 2000.0, 1000.0))
+    ]
+    env = {"cpu": "x86_64", "cpu_count": 2, "torch": "2.13", "transformers": "5.24"}
+    source = tmp_path / "results-cpu.json"
+    source.write_text(json.dumps({"environment": env, "kind": "cpu", "rows": rows}))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report.main(["--cpu", str(source), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "### stsb-budget, 1 torch thread" in text and "commit abc1234, load average (start, end) 3.0, 4.0" in text
+    assert "bellm-4k speed-up over it" in text
+    line_1k = next(line for line in text.splitlines() if line.startswith("| bellm-1k |"))
+    assert "**1.50×**" in line_1k and "| 1.11 |" in line_1k  # 3000 / 2000; 1000 / 900
+
+
+def test_report_serve_table(tmp_path):
+    """--serve adds the serving table: the batched server's throughput over each arm's, and the forward cost."""
+    rows = [
+        {"clients": 32, "impl": "offline-encode", "sentences": 64, "rounds": 2, "sentences_per_s": 20.0},
+        {"clients": 32, "impl": "bellm-serve", "sentences": 64, "rounds": 2, "sentences_per_s": 16.0,
+         "p50_ms": 900.0, "p99_ms": 1500.0},
+        {"clients": 32, "impl": "bellm-serve-unbatched", "sentences": 64, "rounds": 2, "sentences_per_s": 8.0,
+         "p50_ms": 3000.0, "p99_ms": 4000.0},
+    ]
+    cost = {"ms_per_sentence_alone": 120.0, "ms_per_sentence_batched": 80.0, "batch": 32, "ceiling": 1.5}
+    source = tmp_path / "results-serve.json"
+    source.write_text(json.dumps({"kind": "serve", "environment": {"model": "m"}, "rows": rows,
+                                  "forward_cost": cost}))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report.main(["--serve", str(source), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    offline = next(line for line in lines if line.startswith("| 32 | offline"))
+    unbatched = next(line for line in lines if "--no-batching" in line)
+    assert "**0.80×**" in offline and "**2.00×**" in unbatched and "| 1,500 |" not in offline
+    assert any("(quotient 1.50×" in line and "the unbatched one: all the forward's own gain" in line
+               for line in lines)  # 16 / 8 = 2.00 >= 1.50
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kind": "cpu", "rows": []}))
+    assert report.main(["--serve", str(bad), "--output", str(out)]) == 2
+
+
+def test_bench_cpu_keeps_earlier_groups_with_their_run(tmp_path):
+    """An earlier results file's rows come back with their run (from its environment) for the merge."""
+    from benchmarks import bench_cpu
+
+    env = {"date": "d", "commit": "c", "threads": 2, "load_average_at_start": 1.0, "load_average_at_end": 2.0}
+    path = tmp_path / "results-cpu.json"
+    path.write_text(json.dumps({"environment": env, "kind": "cpu",
+                                "rows": [{"module": "cpu", "group": "long-2k", "impl": "bellm"}]}))
+    (row,) = bench_cpu._earlier_rows(path)
+    assert row["threads"] == 2 and row["run"]["commit"] == "c" and row["group"] == "long-2k"
+    assert bench_cpu._earlier_rows(tmp_path / "absent.json") == []
+
+
+def test_report_reads_several_cpu_files_each_with_its_run(tmp_path):
+    """--cpu A B: the rows of both files, each group with the date and load of its own file's run."""
+    paths = []
+    for i, group in enumerate(("long-2k", "stsb")):
+        env = {"date": f"2026-01-0{i + 1}", "commit": f"c{i}", "threads": 2, "load_average_at_start": float(i),
+               "load_average_at_end": float(i)}
+        rows = [{"module": "cpu", "group": group, "impl": impl, "median_ms": ms, "p20_ms": ms, "p80_ms": ms,
+                 "tokens_per_s": 1.0, "peak_rss_mb": 1000.0} for impl, ms in (("bellm", 1000.0), ("hf-sdpa", 1500.0))]
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps({"environment": env, "kind": "cpu", "rows": rows}))
+    out = tmp_path / "BENCHMARKS.md"
+    assert report.main(["--cpu", *map(str, paths), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "Run 2026-01-01, commit c0" in text and "Run 2026-01-02, commit c1" in text
+    assert "### long-2k, 2 torch threads" in text and "### stsb, 2 torch threads" in text
