@@ -196,7 +196,12 @@ MERGE=("$PY" -m benchmarks.merge --output "$OUT/results.json" "${PARTS[@]}" "${M
 cp "$OUT/results.json" "$WORK/report/benchmarks/results.json" 2>/dev/null
 REPORT=("$PY" -m benchmarks.report "$WORK/report/benchmarks/results.json" --output "$WORK/report/BENCHMARKS.md"
         --charts-dir "$WORK/report/benchmarks/charts")
-[[ -f benchmarks/results-cpu.json ]] && REPORT+=(--cpu benchmarks/results-cpu.json)
+# keep BENCHMARKS.md's CPU section: every committed bench_cpu results file, and the serving table
+# (in the order of the regenerate command in benchmarks/README.md, which is the order of the section's groups)
+CPU_RESULTS=()
+for f in benchmarks/results-cpu{,-stsb,-budget,-train,-train-smollm2}.json; do [[ -f "$f" ]] && CPU_RESULTS+=("$f"); done
+(( ${#CPU_RESULTS[@]} )) && REPORT+=(--cpu "${CPU_RESULTS[@]}")
+[[ -f benchmarks/results-serve.json ]] && REPORT+=(--serve benchmarks/results-serve.json)
 [[ "$DRY_RUN" == 1 ]] && REPORT+=(--allow-cpu)
 if timeout 60 "${REPORT[@]}" 2>&1 | tee -a "$LOG"; then
   cp "$WORK/report/BENCHMARKS.md" "$OUT/BENCHMARKS.md"
