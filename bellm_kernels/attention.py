@@ -94,6 +94,19 @@ def _base(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h):
 
 
 @triton.jit
+def _store_tile(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h, b_x, start, win_len, head_dim,
+                BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store the [BLOCK_R, BLOCK_D] tile ``b_x`` at rows ``[start, start + BLOCK_R)`` of window ``i_b``, head
+    ``i_h``; rows past ``win_len`` and columns past ``head_dim`` are left alone. It builds its own pointers:
+    called after the main loops, it keeps every pointer tile out of the values live across them (which made
+    the kernels spill)."""
+    o_r = start + tl.arange(0, BLOCK_R)
+    o_d = tl.arange(0, BLOCK_D)
+    p_x = _base(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h) + o_r[:, None] * stride_s + o_d[None, :]
+    tl.store(p_x, b_x.to(ptr.dtype.element_ty), mask=(o_r < win_len)[:, None] & (o_d < head_dim)[None, :])
+
+
+@triton.jit
 def _key_range(start_m, lo, hi, causal, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key blocks seen by query rows ``[start_m, start_m + BLOCK_M)``: they start at ``lo``; ``[lo, mid)``
     need no mask, ``[mid, end)`` hold the causal diagonal or the sequence end."""
@@ -203,18 +216,19 @@ def _attn_fwd_kernel(
     if start_m >= win_len:
         return
 
+    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
+        # a block of padding: zeros, and lse = +inf so the backward sees probability 0
+        _store_tile(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh, tl.zeros([BLOCK_M, BLOCK_D], tl.float32),
+                    start_m, win_len, head_dim, BLOCK_M, BLOCK_D)
+        o_m = start_m + tl.arange(0, BLOCK_M)
+        tl.store(lse + i_h.to(tl.int64) * lse_rows + row0 + o_m, tl.full([BLOCK_M], float("inf"), tl.float32),
+                 mask=o_m < win_len)
+        return
+
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < head_dim
     m_m = o_m < win_len
-    p_o = _base(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh) + o_m[:, None] * stride_os + o_d[None, :]
-    p_lse = lse + i_h.to(tl.int64) * lse_rows + row0 + o_m
-    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
-        # a block of padding: zeros, and lse = +inf so the backward sees probability 0
-        tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_D], dtype=o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
-        tl.store(p_lse, tl.full([BLOCK_M], float("inf"), tl.float32), mask=m_m)
-        return
-
     p_q0 = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh)
     p_k0 = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh)
     p_v0 = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh)
@@ -239,14 +253,18 @@ def _attn_fwd_kernel(
         BLOCK_N=BLOCK_N,
     )
 
+    o_m = start_m + tl.arange(0, BLOCK_M)
+    m_m = o_m < win_len
     m_ok = (o_m >= lo) & (o_m < hi) & (b_l > 0)
     if HAS_MASK:
         b_qm = tl.load(p_km0 + o_m * stride_ms, mask=m_m, other=0)
         m_ok = m_ok & (b_qm != 0)
     b_l = tl.where(m_ok, b_l, 1.0)
     b_o = tl.where(m_ok[:, None], b_acc / b_l[:, None], 0.0)
-    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
-    tl.store(p_lse, tl.where(m_ok, b_mx + tl.log2(b_l), float("inf")), mask=m_m)
+    _store_tile(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh, b_o, start_m, win_len, head_dim,
+                BLOCK_M, BLOCK_D)
+    tl.store(lse + i_h.to(tl.int64) * lse_rows + row0 + o_m, tl.where(m_ok, b_mx + tl.log2(b_l), float("inf")),
+             mask=m_m)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -334,18 +352,18 @@ def _attn_bwd_dkdv_kernel(
     if start_n >= win_len:
         return
 
+    if (start_n >= hi) | (start_n + BLOCK_N <= lo):
+        b_zero = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        _store_tile(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh, b_zero, start_n, win_len, head_dim,
+                    BLOCK_N, BLOCK_D)
+        _store_tile(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh, b_zero, start_n, win_len, head_dim,
+                    BLOCK_N, BLOCK_D)
+        return
+
     o_n = start_n + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < head_dim
     m_n = o_n < win_len
-    p_dk = _base(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh) + o_n[:, None] * stride_dks + o_d[None, :]
-    p_dv = _base(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh) + o_n[:, None] * stride_dvs + o_d[None, :]
-    if (start_n >= hi) | (start_n + BLOCK_N <= lo):
-        m_nd = m_n[:, None] & m_d[None, :]
-        tl.store(p_dk, tl.zeros([BLOCK_N, BLOCK_D], dtype=dk.dtype.element_ty), mask=m_nd)
-        tl.store(p_dv, tl.zeros([BLOCK_N, BLOCK_D], dtype=dv.dtype.element_ty), mask=m_nd)
-        return
-
     p_k = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh) + o_n[:, None] * stride_ks + o_d[None, :]
     p_v = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh) + o_n[:, None] * stride_vs + o_d[None, :]
     # [BLOCK_N, BLOCK_D]
@@ -379,15 +397,18 @@ def _attn_bwd_dkdv_kernel(
         )
 
     # keys that are padding got garbage above (their probabilities were never masked): zero them here
+    o_n = start_n + tl.arange(0, BLOCK_N)
+    m_n = o_n < win_len
     m_key = (o_n >= lo) & (o_n < hi)
     if HAS_MASK:
         b_km = tl.load(key_mask + i_b.to(tl.int64) * stride_mb + o_n * stride_ms, mask=m_n, other=0)
         m_key = m_key & (b_km != 0)
     b_dk = tl.where(m_key[:, None], b_dk * scale, 0.0)
     b_dv = tl.where(m_key[:, None], b_dv, 0.0)
-    m_nd = m_n[:, None] & m_d[None, :]
-    tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_nd)
-    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_nd)
+    _store_tile(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh, b_dk, start_n, win_len, head_dim,
+                BLOCK_N, BLOCK_D)
+    _store_tile(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh, b_dv, start_n, win_len, head_dim,
+                BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -445,15 +466,15 @@ def _attn_bwd_dq_kernel(
     if start_m >= win_len:
         return
 
+    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
+        _store_tile(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh, tl.zeros([BLOCK_M, BLOCK_D], tl.float32),
+                    start_m, win_len, head_dim, BLOCK_M, BLOCK_D)
+        return
+
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < head_dim
     m_m = o_m < win_len
-    p_dq = _base(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh) + o_m[:, None] * stride_dqs + o_d[None, :]
-    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
-        tl.store(p_dq, tl.zeros([BLOCK_M, BLOCK_D], dtype=dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
-        return
-
     p_q = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh) + o_m[:, None] * stride_qs + o_d[None, :]
     p_do = _base(do, i_b, tok0, i_h, stride_dob, stride_dos, stride_doh) + o_m[:, None] * stride_dos + o_d[None, :]
     p_k0 = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh)
@@ -480,7 +501,8 @@ def _attn_bwd_dq_kernel(
         MASKED=True, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
         BLOCK_N=BLOCK_N,
     )
-    tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    _store_tile(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh, b_dq * scale, start_m, win_len, head_dim,
+                BLOCK_M, BLOCK_D)
 
 
 # ------------------------------------------------------------------------------------------------------------
