@@ -21,8 +21,12 @@ masking. Programs past a packed sequence's end exit at once; padded rows with no
 Query rows that see no key (padding) get a zero output and ``lse = +inf``, so the backward's recomputed
 probabilities are exactly 0 there: zeros and zero gradients, never NaN.
 
-Register budget: every shipped tile configuration compiles without register spills on sm80 and sm90 (checked
-offline by :mod:`bellm_kernels.compile_report`). The packed and the dense padded layout share one binary (the
+Register budget: the shipped tile configurations compile without register spills on sm80 and sm90 (checked
+offline by :mod:`bellm_kernels.compile_report`, KERNELS.md). What keeps them there: nothing tile-shaped lives
+across the key/query loops but the accumulators and the resident operands. Output pointers and masks are built
+after the loops (``_store_tile``), never before them: a [rows, BLOCK_D] int64 pointer tile kept alive across the
+loops costs about as many registers as the accumulator and made every head_dim-128 candidate spill under Triton
+3.6. The packed and the dense padded layout share one binary (the
 packed layout is told apart at run time by ``seqlen == 0``); causality, head counts and head_dim are run-time
 values too (causal and bidirectional layers share one binary, so do head_dims 80 and 96), and only the dtypes,
 the key-mask flag, whether head_dim is a power of two (``EVEN_D``) and the tiles are compile-time.
@@ -518,19 +522,19 @@ _ELEM_DTYPES = {2: torch.bfloat16, 4: torch.float32}
 
 
 @functools.cache
-def _tuned_kernel(kind: str, block_d: int, elem: int, capability: tuple[int, int]):
-    """An autotuned wrapper of one kernel for this padded head_dim, element size and device capability (the
+def _tuned_kernel(kind: str, head_dim: int, elem: int, capability: tuple[int, int]):
+    """An autotuned wrapper of one kernel for this head_dim, element size and device capability (the
     candidates depend on the dtype only through its size)."""
-    tiles = configs.autotune_configs(_CONFIG_NAMES[kind], block_d, _ELEM_DTYPES.get(elem, torch.bfloat16),
+    tiles = configs.autotune_configs(_CONFIG_NAMES[kind], head_dim, _ELEM_DTYPES.get(elem, torch.bfloat16),
                                      capability)
     return triton.autotune(configs=tiles, key=_AUTOTUNE_KEY)(_KERNELS[kind])
 
 
-def _kernel_and_meta(kind: str, x: torch.Tensor, block_d: int):
+def _kernel_and_meta(kind: str, x: torch.Tensor):
     """(kernel, launch kwargs): the autotuner on CUDA, one fixed small config in the interpreter."""
     if x.is_cuda:
         capability = torch.cuda.get_device_capability(x.device)
-        return _tuned_kernel(kind, block_d, x.element_size(), tuple(capability)), {}
+        return _tuned_kernel(kind, x.shape[-1], x.element_size(), tuple(capability)), {}
     bm, bn = configs.INTERPRETER_BLOCKS[_CONFIG_NAMES[kind]]
     return _KERNELS[kind], {"BLOCK_M": bm, "BLOCK_N": bn}
 
@@ -666,7 +670,7 @@ def _attn_fwd(q, k, v, causal: bool, scale: float, lay: _Layout) -> tuple[torch.
     lse = torch.empty((heads, lay.rows), device=q.device, dtype=torch.float32)
     if lay.rows == 0 or lay.max_seqlen == 0 or lay.num_seqs == 0:
         return o, lse
-    kernel, meta = _kernel_and_meta("fwd", q, configs.padded_head_dim(q.shape[-1]))
+    kernel, meta = _kernel_and_meta("fwd", q)
     grid = lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)
     kernel[grid](**_fwd_args(q, k, v, o, lse, causal, scale, lay), **meta)
     return o, lse
@@ -678,7 +682,6 @@ def _attn_bwd(do, q, k, v, o, lse, causal: bool, scale: float, lay: _Layout):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if lay.rows == 0 or lay.max_seqlen == 0 or lay.num_seqs == 0:
         return dq, dk, dv
-    block_d = configs.padded_head_dim(q.shape[-1])
     delta = torch.empty_like(lse)
     pre, dkdv, dq_args = _bwd_args(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, lay)
     if q.is_cuda:
@@ -690,9 +693,9 @@ def _attn_bwd(do, q, k, v, o, lse, causal: bool, scale: float, lay: _Layout):
     _attn_bwd_preprocess_kernel[(triton.cdiv(lay.max_seqlen, pre_meta["BLOCK_M"]), lay.num_seqs, heads)](
         **pre, **pre_meta
     )
-    kernel, meta = _kernel_and_meta("dkdv", q, block_d)
+    kernel, meta = _kernel_and_meta("dkdv", q)
     kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_N"]), lay.num_seqs, kv_heads)](**dkdv, **meta)
-    kernel, meta = _kernel_and_meta("dq", q, block_d)
+    kernel, meta = _kernel_and_meta("dq", q)
     kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)](**dq_args, **meta)
     return dq, dk, dv
 
