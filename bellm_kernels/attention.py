@@ -25,11 +25,11 @@ Register budget: the shipped tile configurations compile without register spills
 offline by :mod:`bellm_kernels.compile_report`, KERNELS.md). What keeps them there: nothing tile-shaped lives
 across the key/query loops but the accumulators and the resident operands. Output pointers and masks are built
 after the loops (``_store_tile``), never before them: a [rows, BLOCK_D] int64 pointer tile kept alive across the
-loops costs about as many registers as the accumulator and made every head_dim-128 candidate spill under Triton
-3.6. The packed and the dense padded layout share one binary (the
-packed layout is told apart at run time by ``seqlen == 0``); causality, head counts and head_dim are run-time
-values too (causal and bidirectional layers share one binary, so do head_dims 80 and 96), and only the dtypes,
-the key-mask flag, whether head_dim is a power of two (``EVEN_D``) and the tiles are compile-time.
+loops costs about as many registers as the accumulator, and made every head_dim-128 candidate spill under Triton
+3.6. The packed and the dense padded layout share one binary (the packed layout is told apart at run time by
+``seqlen == 0``); causality, head counts and head_dim are run-time values too (causal and bidirectional layers
+share one binary, so do head_dims 80 and 96), and only the dtypes, the key-mask flag, whether head_dim is a power
+of two (``EVEN_D``) and the tiles are compile-time.
 
 Names inside the kernels: ``i_`` program indices, ``o_`` offset vectors, ``m_`` boolean masks, ``p_`` pointer
 tiles, ``b_`` value tiles held in registers.
