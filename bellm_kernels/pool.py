@@ -305,10 +305,12 @@ def _launch_pool(kind: str, num_seqs: int, args: dict, interpret: bool) -> None:
     CUDA, fixed blocks in the interpreter."""
     dim = args["dim"]
     if interpret:
+        kernel, meta = _KERNELS[kind], dict(BLOCK_T=_INTERPRET_BLOCK_T, BLOCK_D=_INTERPRET_BLOCK_D)
         grid = (num_seqs, triton.cdiv(dim, _INTERPRET_BLOCK_D))
-        _KERNELS[kind][grid](**args, BLOCK_T=_INTERPRET_BLOCK_T, BLOCK_D=_INTERPRET_BLOCK_D)
     else:
-        _TUNED[kind][lambda meta: (num_seqs, triton.cdiv(dim, meta["BLOCK_D"]))](**args)
+        kernel, meta = _TUNED[kind], {}
+        grid = lambda m: (num_seqs, triton.cdiv(dim, m["BLOCK_D"]))  # noqa: E731
+    kernel[grid](**args, **meta)
 
 
 def _launch_l2norm(kernel, num_seqs: int, args: dict, interpret: bool) -> None:
