@@ -242,12 +242,14 @@ def _l2norm_bwd_kernel(dy, x, norm, dx, dim, stride_dyb, stride_xb, stride_dxb,
 
 # the candidates depend on neither dtype nor capability (bellm_kernels.configs)
 _TUNE_KEY = ["dim", "MODE", "PACKED", "HAS_KEEP"]
+_pool_fwd_tuned = triton.autotune(
+    configs=configs.autotune_configs("pool_fwd", 0, torch.float32, (9, 0)), key=_TUNE_KEY
+)(_pool_fwd_kernel)
+_pool_bwd_tuned = triton.autotune(
+    configs=configs.autotune_configs("pool_bwd", 0, torch.float32, (9, 0)), key=_TUNE_KEY
+)(_pool_bwd_kernel)
 _KERNELS = {"fwd": _pool_fwd_kernel, "bwd": _pool_bwd_kernel}
-_TUNED = {
-    kind: triton.autotune(configs=configs.autotune_configs(f"pool_{kind}", 0, torch.float32, (9, 0)),
-                          key=_TUNE_KEY)(kernel)
-    for kind, kernel in _KERNELS.items()
-}
+_TUNED = {"fwd": _pool_fwd_tuned, "bwd": _pool_bwd_tuned}
 
 
 def _layout_args(x: torch.Tensor, keep, cu_seqlens, count, prefix: str) -> dict:
