@@ -21,11 +21,15 @@ masking. Programs past a packed sequence's end exit at once; padded rows with no
 Query rows that see no key (padding) get a zero output and ``lse = +inf``, so the backward's recomputed
 probabilities are exactly 0 there: zeros and zero gradients, never NaN.
 
-Register budget: every shipped tile configuration compiles without register spills on sm80 and sm90 (checked
-offline by :mod:`bellm_kernels.compile_report`). The packed and the dense padded layout share one binary (the
-packed layout is told apart at run time by ``seqlen == 0``); causality, head counts and head_dim are run-time
-values too (causal and bidirectional layers share one binary, so do head_dims 80 and 96), and only the dtypes,
-the key-mask flag, whether head_dim is a power of two (``EVEN_D``) and the tiles are compile-time.
+Register budget: the shipped tile configurations compile without register spills on sm80 and sm90 (checked
+offline by :mod:`bellm_kernels.compile_report`, KERNELS.md). What keeps them there: nothing tile-shaped lives
+across the key/query loops but the accumulators and the resident operands. Output pointers and masks are built
+after the loops (``_store_tile``), never before them: a [rows, BLOCK_D] int64 pointer tile kept alive across the
+loops costs about as many registers as the accumulator, and made every head_dim-128 candidate spill under Triton
+3.6. The packed and the dense padded layout share one binary (the packed layout is told apart at run time by
+``seqlen == 0``); causality, head counts and head_dim are run-time values too (causal and bidirectional layers
+share one binary, so do head_dims 80 and 96), and only the dtypes, the key-mask flag, whether head_dim is a power
+of two (``EVEN_D``) and the tiles are compile-time.
 
 Names inside the kernels: ``i_`` program indices, ``o_`` offset vectors, ``m_`` boolean masks, ``p_`` pointer
 tiles, ``b_`` value tiles held in registers.
@@ -91,6 +95,19 @@ def _window(cu_seqlens, bounds, i_b, seqlen, HAS_MASK: tl.constexpr):
 def _base(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h):
     """Pointer to position 0 of window ``i_b``, head ``i_h`` (packed: ``stride_b == 0``); int64 arithmetic."""
     return ptr + i_b.to(tl.int64) * stride_b + tok0.to(tl.int64) * stride_s + i_h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _store_tile(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h, b_x, start, win_len, head_dim,
+                BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store the [BLOCK_R, BLOCK_D] tile ``b_x`` at rows ``[start, start + BLOCK_R)`` of window ``i_b``, head
+    ``i_h``; rows past ``win_len`` and columns past ``head_dim`` are left alone. It builds its own pointers:
+    called after the main loops, it keeps every pointer tile out of the values live across them (which made
+    the kernels spill)."""
+    o_r = start + tl.arange(0, BLOCK_R)
+    o_d = tl.arange(0, BLOCK_D)
+    p_x = _base(ptr, i_b, tok0, i_h, stride_b, stride_s, stride_h) + o_r[:, None] * stride_s + o_d[None, :]
+    tl.store(p_x, b_x.to(ptr.dtype.element_ty), mask=(o_r < win_len)[:, None] & (o_d < head_dim)[None, :])
 
 
 @triton.jit
@@ -203,18 +220,19 @@ def _attn_fwd_kernel(
     if start_m >= win_len:
         return
 
+    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
+        # a block of padding: zeros, and lse = +inf so the backward sees probability 0
+        _store_tile(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh, tl.zeros([BLOCK_M, BLOCK_D], tl.float32),
+                    start_m, win_len, head_dim, BLOCK_M, BLOCK_D)
+        o_m = start_m + tl.arange(0, BLOCK_M)
+        tl.store(lse + i_h.to(tl.int64) * lse_rows + row0 + o_m, tl.full([BLOCK_M], float("inf"), tl.float32),
+                 mask=o_m < win_len)
+        return
+
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < head_dim
     m_m = o_m < win_len
-    p_o = _base(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh) + o_m[:, None] * stride_os + o_d[None, :]
-    p_lse = lse + i_h.to(tl.int64) * lse_rows + row0 + o_m
-    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
-        # a block of padding: zeros, and lse = +inf so the backward sees probability 0
-        tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_D], dtype=o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
-        tl.store(p_lse, tl.full([BLOCK_M], float("inf"), tl.float32), mask=m_m)
-        return
-
     p_q0 = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh)
     p_k0 = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh)
     p_v0 = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh)
@@ -239,14 +257,18 @@ def _attn_fwd_kernel(
         BLOCK_N=BLOCK_N,
     )
 
+    o_m = start_m + tl.arange(0, BLOCK_M)
+    m_m = o_m < win_len
     m_ok = (o_m >= lo) & (o_m < hi) & (b_l > 0)
     if HAS_MASK:
         b_qm = tl.load(p_km0 + o_m * stride_ms, mask=m_m, other=0)
         m_ok = m_ok & (b_qm != 0)
     b_l = tl.where(m_ok, b_l, 1.0)
     b_o = tl.where(m_ok[:, None], b_acc / b_l[:, None], 0.0)
-    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
-    tl.store(p_lse, tl.where(m_ok, b_mx + tl.log2(b_l), float("inf")), mask=m_m)
+    _store_tile(o, i_b, tok0, i_h, stride_ob, stride_os, stride_oh, b_o, start_m, win_len, head_dim,
+                BLOCK_M, BLOCK_D)
+    tl.store(lse + i_h.to(tl.int64) * lse_rows + row0 + o_m, tl.where(m_ok, b_mx + tl.log2(b_l), float("inf")),
+             mask=m_m)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -334,18 +356,18 @@ def _attn_bwd_dkdv_kernel(
     if start_n >= win_len:
         return
 
+    if (start_n >= hi) | (start_n + BLOCK_N <= lo):
+        b_zero = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        _store_tile(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh, b_zero, start_n, win_len, head_dim,
+                    BLOCK_N, BLOCK_D)
+        _store_tile(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh, b_zero, start_n, win_len, head_dim,
+                    BLOCK_N, BLOCK_D)
+        return
+
     o_n = start_n + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < head_dim
     m_n = o_n < win_len
-    p_dk = _base(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh) + o_n[:, None] * stride_dks + o_d[None, :]
-    p_dv = _base(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh) + o_n[:, None] * stride_dvs + o_d[None, :]
-    if (start_n >= hi) | (start_n + BLOCK_N <= lo):
-        m_nd = m_n[:, None] & m_d[None, :]
-        tl.store(p_dk, tl.zeros([BLOCK_N, BLOCK_D], dtype=dk.dtype.element_ty), mask=m_nd)
-        tl.store(p_dv, tl.zeros([BLOCK_N, BLOCK_D], dtype=dv.dtype.element_ty), mask=m_nd)
-        return
-
     p_k = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh) + o_n[:, None] * stride_ks + o_d[None, :]
     p_v = _base(v, i_b, tok0, i_hk, stride_vb, stride_vs, stride_vh) + o_n[:, None] * stride_vs + o_d[None, :]
     # [BLOCK_N, BLOCK_D]
@@ -379,15 +401,18 @@ def _attn_bwd_dkdv_kernel(
         )
 
     # keys that are padding got garbage above (their probabilities were never masked): zero them here
+    o_n = start_n + tl.arange(0, BLOCK_N)
+    m_n = o_n < win_len
     m_key = (o_n >= lo) & (o_n < hi)
     if HAS_MASK:
         b_km = tl.load(key_mask + i_b.to(tl.int64) * stride_mb + o_n * stride_ms, mask=m_n, other=0)
         m_key = m_key & (b_km != 0)
     b_dk = tl.where(m_key[:, None], b_dk * scale, 0.0)
     b_dv = tl.where(m_key[:, None], b_dv, 0.0)
-    m_nd = m_n[:, None] & m_d[None, :]
-    tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_nd)
-    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_nd)
+    _store_tile(dk, i_b, tok0, i_hk, stride_dkb, stride_dks, stride_dkh, b_dk, start_n, win_len, head_dim,
+                BLOCK_N, BLOCK_D)
+    _store_tile(dv, i_b, tok0, i_hk, stride_dvb, stride_dvs, stride_dvh, b_dv, start_n, win_len, head_dim,
+                BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -445,15 +470,15 @@ def _attn_bwd_dq_kernel(
     if start_m >= win_len:
         return
 
+    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
+        _store_tile(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh, tl.zeros([BLOCK_M, BLOCK_D], tl.float32),
+                    start_m, win_len, head_dim, BLOCK_M, BLOCK_D)
+        return
+
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < head_dim
     m_m = o_m < win_len
-    p_dq = _base(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh) + o_m[:, None] * stride_dqs + o_d[None, :]
-    if (start_m >= hi) | (start_m + BLOCK_M <= lo):
-        tl.store(p_dq, tl.zeros([BLOCK_M, BLOCK_D], dtype=dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
-        return
-
     p_q = _base(q, i_b, tok0, i_h, stride_qb, stride_qs, stride_qh) + o_m[:, None] * stride_qs + o_d[None, :]
     p_do = _base(do, i_b, tok0, i_h, stride_dob, stride_dos, stride_doh) + o_m[:, None] * stride_dos + o_d[None, :]
     p_k0 = _base(k, i_b, tok0, i_hk, stride_kb, stride_ks, stride_kh)
@@ -480,7 +505,8 @@ def _attn_bwd_dq_kernel(
         MASKED=True, HAS_MASK=HAS_MASK, EVEN_D=EVEN_D, DOT_PRECISION=DOT_PRECISION,
         BLOCK_N=BLOCK_N,
     )
-    tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    _store_tile(dq, i_b, tok0, i_h, stride_dqb, stride_dqs, stride_dqh, b_dq * scale, start_m, win_len, head_dim,
+                BLOCK_M, BLOCK_D)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -496,19 +522,19 @@ _ELEM_DTYPES = {2: torch.bfloat16, 4: torch.float32}
 
 
 @functools.cache
-def _tuned_kernel(kind: str, block_d: int, elem: int, capability: tuple[int, int]):
-    """An autotuned wrapper of one kernel for this padded head_dim, element size and device capability (the
+def _tuned_kernel(kind: str, head_dim: int, elem: int, capability: tuple[int, int]):
+    """An autotuned wrapper of one kernel for this head_dim, element size and device capability (the
     candidates depend on the dtype only through its size)."""
-    tiles = configs.autotune_configs(_CONFIG_NAMES[kind], block_d, _ELEM_DTYPES.get(elem, torch.bfloat16),
+    tiles = configs.autotune_configs(_CONFIG_NAMES[kind], head_dim, _ELEM_DTYPES.get(elem, torch.bfloat16),
                                      capability)
     return triton.autotune(configs=tiles, key=_AUTOTUNE_KEY)(_KERNELS[kind])
 
 
-def _kernel_and_meta(kind: str, x: torch.Tensor, block_d: int):
+def _kernel_and_meta(kind: str, x: torch.Tensor):
     """(kernel, launch kwargs): the autotuner on CUDA, one fixed small config in the interpreter."""
     if x.is_cuda:
         capability = torch.cuda.get_device_capability(x.device)
-        return _tuned_kernel(kind, block_d, x.element_size(), tuple(capability)), {}
+        return _tuned_kernel(kind, x.shape[-1], x.element_size(), tuple(capability)), {}
     bm, bn = configs.INTERPRETER_BLOCKS[_CONFIG_NAMES[kind]]
     return _KERNELS[kind], {"BLOCK_M": bm, "BLOCK_N": bn}
 
@@ -644,7 +670,7 @@ def _attn_fwd(q, k, v, causal: bool, scale: float, lay: _Layout) -> tuple[torch.
     lse = torch.empty((heads, lay.rows), device=q.device, dtype=torch.float32)
     if lay.rows == 0 or lay.max_seqlen == 0 or lay.num_seqs == 0:
         return o, lse
-    kernel, meta = _kernel_and_meta("fwd", q, configs.padded_head_dim(q.shape[-1]))
+    kernel, meta = _kernel_and_meta("fwd", q)
     grid = lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)
     kernel[grid](**_fwd_args(q, k, v, o, lse, causal, scale, lay), **meta)
     return o, lse
@@ -656,7 +682,6 @@ def _attn_bwd(do, q, k, v, o, lse, causal: bool, scale: float, lay: _Layout):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if lay.rows == 0 or lay.max_seqlen == 0 or lay.num_seqs == 0:
         return dq, dk, dv
-    block_d = configs.padded_head_dim(q.shape[-1])
     delta = torch.empty_like(lse)
     pre, dkdv, dq_args = _bwd_args(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, lay)
     if q.is_cuda:
@@ -668,9 +693,9 @@ def _attn_bwd(do, q, k, v, o, lse, causal: bool, scale: float, lay: _Layout):
     _attn_bwd_preprocess_kernel[(triton.cdiv(lay.max_seqlen, pre_meta["BLOCK_M"]), lay.num_seqs, heads)](
         **pre, **pre_meta
     )
-    kernel, meta = _kernel_and_meta("dkdv", q, block_d)
+    kernel, meta = _kernel_and_meta("dkdv", q)
     kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_N"]), lay.num_seqs, kv_heads)](**dkdv, **meta)
-    kernel, meta = _kernel_and_meta("dq", q, block_d)
+    kernel, meta = _kernel_and_meta("dq", q)
     kernel[lambda m: (triton.cdiv(lay.max_seqlen, m["BLOCK_M"]), lay.num_seqs, heads)](**dq_args, **meta)
     return dq, dk, dv
 

@@ -130,34 +130,29 @@ def _attention_args(v: Variant) -> dict:
 
 
 def _pool_args(v: Variant) -> dict:
-    """The arguments ``bellm_kernels.pool`` launches its kernels with (mirrors ``_PoolFunction``)."""
-    dtype, dev, dim = _DTYPES[v.dtype], "meta", _POOL_DIM
-    f32, i32 = dict(dtype=torch.float32, device=dev), dict(dtype=torch.int32, device=dev)
+    """The arguments ``bellm_kernels.pool`` launches its kernels with, built by its own argument builders."""
+    pool = importlib.import_module("bellm_kernels.pool")
+    dtype, dim = _DTYPES[v.dtype], _POOL_DIM
+    meta = dict(device="meta")
+    f32, i32 = dict(dtype=torch.float32, **meta), dict(dtype=torch.int32, **meta)
+    pooled, norm = torch.empty(_BATCH, dim, **f32), torch.empty(_BATCH, **f32)
     if v.kernel == "pool_l2norm_fwd":
-        return dict(x_ptr=torch.empty(_BATCH, dim, **f32), y_ptr=torch.empty(_BATCH, dim, dtype=dtype, device=dev),
-                    norm_ptr=torch.empty(_BATCH, **f32), D=dim, stride_xb=dim, stride_yb=dim, EPS=1e-12)
+        return pool._l2norm_fwd_args(pooled, torch.empty(_BATCH, dim, dtype=dtype, **meta), norm)
     if v.kernel == "pool_l2norm_bwd":
-        return dict(dy_ptr=torch.empty(_BATCH, dim, dtype=dtype, device=dev), x_ptr=torch.empty(_BATCH, dim, **f32),
-                    norm_ptr=torch.empty(_BATCH, **f32), dx_ptr=torch.empty(_BATCH, dim, **f32), D=dim,
-                    stride_dyb=dim, stride_xb=dim, stride_dxb=dim, EPS=1e-12)
+        return pool._l2norm_bwd_args(torch.empty(_BATCH, dim, dtype=dtype, **meta), pooled, norm,
+                                     torch.empty(_BATCH, dim, **f32))
     packed = v.layout.startswith("packed")
-    seqlen = 0 if packed else _SEQLEN
-    hidden = torch.empty(_BATCH * _SEQLEN, dim, dtype=dtype, device=dev)
-    keep = None if v.layout == "packed" else torch.empty(_BATCH * _SEQLEN, dtype=torch.uint8, device=dev)
-    count, sel = torch.empty(_BATCH, **i32), torch.empty(_BATCH, dtype=torch.int64, device=dev)
-    cu = torch.empty(_BATCH + 1, **i32) if packed else count
-    flags = dict(MODE=_POOL_MODES[v.case.removesuffix("+norm")], PACKED=packed, HAS_KEEP=keep is not None)
-    h_strides = (0, dim) if packed else (_SEQLEN * dim, dim)
-    keep_stride_b = 0 if packed else seqlen
-    keep = keep if keep is not None else hidden
-    out = torch.empty(_BATCH, dim, dtype=torch.float32 if v.case.endswith("+norm") else dtype, device=dev)
+    shape = (_BATCH * _SEQLEN, dim) if packed else (_BATCH, _SEQLEN, dim)
+    hidden = torch.empty(shape, dtype=dtype, **meta)
+    keep = None if v.layout == "packed" else torch.empty(shape[:-1], dtype=torch.uint8, **meta)
+    cu_seqlens = torch.empty(_BATCH + 1, **i32) if packed else None
+    count, sel = torch.empty(_BATCH, **i32), torch.empty(_BATCH, dtype=torch.int64, **meta)
+    # "+norm": the pooled vector goes through a float32 buffer
+    out = torch.empty(_BATCH, dim, dtype=torch.float32 if v.case.endswith("+norm") else dtype, **meta)
+    mode_id = _POOL_MODES[v.case.removesuffix("+norm")]
     if v.kernel == "pool_fwd":
-        return dict(h_ptr=hidden, keep_ptr=keep, cu_ptr=cu, out_ptr=out, count_ptr=count, sel_ptr=sel,
-                    seqlen=seqlen, D=dim, stride_hb=h_strides[0], stride_ht=h_strides[1], stride_ob=dim,
-                    keep_stride_b=keep_stride_b, **flags)
-    return dict(g_ptr=out, keep_ptr=keep, cu_ptr=cu, count_ptr=count, sel_ptr=sel, dh_ptr=hidden, seqlen=seqlen,
-                D=dim, stride_gb=dim, stride_db=h_strides[0], stride_dt=h_strides[1], keep_stride_b=keep_stride_b,
-                **flags)
+        return pool._fwd_args(hidden, keep, cu_seqlens, out, count, sel, mode_id)
+    return pool._bwd_args(out, keep, cu_seqlens, count, sel, hidden, mode_id)
 
 
 def _kernel_fn(kernel: str):

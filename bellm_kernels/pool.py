@@ -39,6 +39,9 @@ __all__ = ["pool", "POOL_MODES"]
 
 _MODE_IDS = {"mean": 0, "last": 1, "first": 2}
 _EPS = 1e-12
+# padded lengths vary per batch: never a new specialisation for them
+_RUNTIME_INTS = ["seqlen", "stride_kb"]
+
 
 def _alloc(shape, dtype, device) -> torch.Tensor:
     """Uninitialised kernel output buffer (the tests swap in a NaN-filled one to catch unwritten elements)."""
@@ -50,245 +53,313 @@ _INTERPRET_BLOCK_T = 16
 _INTERPRET_BLOCK_D = 256
 
 
-# padded lengths vary per batch: never a new specialisation for them
-@triton.jit(do_not_specialize=["seqlen", "keep_stride_b"])
+# ------------------------------------------------------------------------------------------------------------
+# kernels (names: i_ program indices, o_ offset vectors, m_ boolean masks, p_ pointers, b_ value tiles)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pool_window(cu_seqlens, i_b, seqlen, PACKED: tl.constexpr):
+    """``[start, end)`` (int64) of sequence ``i_b``: its rows of a packed batch, or the ``seqlen`` positions of
+    padded row ``i_b``."""
+    if PACKED:
+        start = tl.load(cu_seqlens + i_b).to(tl.int64)
+        end = tl.load(cu_seqlens + i_b + 1).to(tl.int64)
+    else:
+        start = tl.zeros((), dtype=tl.int64)
+        end = start + seqlen
+    return start, end
+
+
+@triton.jit
+def _select_row(p_k0, start, end, MODE: tl.constexpr, HAS_KEEP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The last (``MODE == 1``) or first (``MODE == 2``) pooled position in ``[start, end)``, -1 when none;
+    with a token mask only its bytes are read (``p_k0``: the sequence's row of it)."""
+    if HAS_KEEP:
+        if MODE == 1:
+            b_best = tl.full((BLOCK_T,), -1, dtype=tl.int64)
+        else:
+            b_best = tl.full((BLOCK_T,), 2147483647, dtype=tl.int64)
+        for t0 in range(start, end, BLOCK_T):
+            o_t = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
+            m_t = o_t < end
+            b_k = tl.load(p_k0 + o_t, mask=m_t, other=0)
+            m_t = m_t & (b_k != 0)
+            if MODE == 1:
+                b_best = tl.maximum(b_best, tl.where(m_t, o_t, -1))
+            else:
+                b_best = tl.minimum(b_best, tl.where(m_t, o_t, 2147483647))
+        if MODE == 1:
+            i_sel = tl.max(b_best, axis=0)
+        else:
+            i_sel = tl.min(b_best, axis=0)
+            i_sel = tl.where(i_sel == 2147483647, -1, i_sel)
+    else:
+        if MODE == 1:
+            i_sel = tl.where(end > start, end - 1, -1)
+        else:
+            i_sel = tl.where(end > start, start, -1)
+    return i_sel
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _pool_fwd_kernel(
-    h_ptr, keep_ptr, cu_ptr, out_ptr, count_ptr, sel_ptr,
-    seqlen, D,
-    stride_hb, stride_ht, stride_ob, keep_stride_b,
+    hidden, keep, cu_seqlens, out, count, sel,
+    stride_hb, stride_hs, stride_ob, stride_kb,
+    seqlen, dim,
     MODE: tl.constexpr, PACKED: tl.constexpr, HAS_KEEP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     i_d = tl.program_id(1)
-    if PACKED:
-        start = tl.load(cu_ptr + i_b).to(tl.int64)
-        end = tl.load(cu_ptr + i_b + 1).to(tl.int64)
-    else:
-        start = tl.zeros((), dtype=tl.int64)
-        end = tl.zeros((), dtype=tl.int64) + seqlen
+    start, end = _pool_window(cu_seqlens, i_b, seqlen, PACKED)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_d < D
+    m_d = o_d < dim
+    p_h0 = hidden + i_b * stride_hb
+    p_k0 = keep + i_b * stride_kb
     if MODE == 0:
-        # [BT, BD]
+        # [BLOCK_T, BLOCK_D]
         b_acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-        # [BT]
+        # [BLOCK_T]
         b_cnt = tl.zeros((BLOCK_T,), dtype=tl.int32)
         for t0 in range(start, end, BLOCK_T):
             o_t = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
             m_t = o_t < end
             if HAS_KEEP:
-                b_k = tl.load(keep_ptr + i_b * keep_stride_b + o_t, mask=m_t, other=0)
+                b_k = tl.load(p_k0 + o_t, mask=m_t, other=0)
                 m_t = m_t & (b_k != 0)
-            p_h = h_ptr + i_b * stride_hb + o_t[:, None] * stride_ht + o_d[None, :]
+            p_h = p_h0 + o_t[:, None] * stride_hs + o_d[None, :]
             b_acc += tl.load(p_h, mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)
             b_cnt += m_t.to(tl.int32)
-        count = tl.sum(b_cnt, axis=0)
-        # [BD]
-        b_out = tl.sum(b_acc, axis=0) / tl.maximum(count, 1).to(tl.float32)
-        sel = tl.full((), -1, dtype=tl.int64)
+        n_pooled = tl.sum(b_cnt, axis=0)
+        # [BLOCK_D]
+        b_out = tl.sum(b_acc, axis=0) / tl.maximum(n_pooled, 1).to(tl.float32)
+        i_sel = tl.full((), -1, dtype=tl.int64)
     else:
-        if HAS_KEEP:
-            if MODE == 1:
-                b_best = tl.full((BLOCK_T,), -1, dtype=tl.int64)
-            else:
-                b_best = tl.full((BLOCK_T,), 2147483647, dtype=tl.int64)
-            for t0 in range(start, end, BLOCK_T):
-                o_t = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
-                m_t = o_t < end
-                b_k = tl.load(keep_ptr + i_b * keep_stride_b + o_t, mask=m_t, other=0)
-                m_t = m_t & (b_k != 0)
-                if MODE == 1:
-                    b_best = tl.maximum(b_best, tl.where(m_t, o_t, -1))
-                else:
-                    b_best = tl.minimum(b_best, tl.where(m_t, o_t, 2147483647))
-            if MODE == 1:
-                sel = tl.max(b_best, axis=0)
-            else:
-                sel = tl.min(b_best, axis=0)
-                sel = tl.where(sel == 2147483647, -1, sel)
-        else:
-            if MODE == 1:
-                sel = tl.where(end > start, end - 1, -1)
-            else:
-                sel = tl.where(end > start, start, -1)
-        valid = sel >= 0
-        count = valid.to(tl.int32)
-        p_h = h_ptr + i_b * stride_hb + tl.maximum(sel, 0) * stride_ht + o_d
-        m_sel = m_d & ((tl.zeros((BLOCK_D,), dtype=tl.int64) + sel) >= 0)
+        i_sel = _select_row(p_k0, start, end, MODE=MODE, HAS_KEEP=HAS_KEEP, BLOCK_T=BLOCK_T)
+        n_pooled = (i_sel >= 0).to(tl.int32)
+        p_h = p_h0 + tl.maximum(i_sel, 0) * stride_hs + o_d
+        m_sel = m_d & ((tl.zeros((BLOCK_D,), dtype=tl.int64) + i_sel) >= 0)
         b_out = tl.load(p_h, mask=m_sel, other=0.0).to(tl.float32)
-    tl.store(out_ptr + i_b * stride_ob + o_d, b_out.to(out_ptr.dtype.element_ty), mask=m_d)
+    tl.store(out + i_b * stride_ob + o_d, b_out.to(out.dtype.element_ty), mask=m_d)
     if i_d == 0:
-        tl.store(count_ptr + i_b, count)
-        tl.store(sel_ptr + i_b, sel)
+        tl.store(count + i_b, n_pooled)
+        tl.store(sel + i_b, i_sel)
 
 
-@triton.jit(do_not_specialize=["seqlen", "keep_stride_b"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _pool_bwd_kernel(
-    g_ptr, keep_ptr, cu_ptr, count_ptr, sel_ptr, dh_ptr,
-    seqlen, D,
-    stride_gb, stride_db, stride_dt, keep_stride_b,
+    grad_pooled, keep, cu_seqlens, count, sel, grad_hidden,
+    stride_gb, stride_db, stride_ds, stride_kb,
+    seqlen, dim,
     MODE: tl.constexpr, PACKED: tl.constexpr, HAS_KEEP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     i_d = tl.program_id(1)
-    if PACKED:
-        start = tl.load(cu_ptr + i_b).to(tl.int64)
-        end = tl.load(cu_ptr + i_b + 1).to(tl.int64)
-    else:
-        start = tl.zeros((), dtype=tl.int64)
-        end = tl.zeros((), dtype=tl.int64) + seqlen
+    start, end = _pool_window(cu_seqlens, i_b, seqlen, PACKED)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_d < D
-    # [BD]
-    b_g = tl.load(g_ptr + i_b * stride_gb + o_d, mask=m_d, other=0.0).to(tl.float32)
+    m_d = o_d < dim
+    # [BLOCK_D]
+    b_g = tl.load(grad_pooled + i_b * stride_gb + o_d, mask=m_d, other=0.0).to(tl.float32)
     # an empty sequence (count 0 / sel -1) selects no row; zero its (eps-divided) pooled grad anyway
     if MODE == 0:
-        count = tl.load(count_ptr + i_b)
-        b_g = tl.where(count > 0, b_g / tl.maximum(count, 1).to(tl.float32), 0.0)
+        n_pooled = tl.load(count + i_b)
+        b_g = tl.where(n_pooled > 0, b_g / tl.maximum(n_pooled, 1).to(tl.float32), 0.0)
     else:
-        sel = tl.load(sel_ptr + i_b)
-        b_g = tl.where(sel >= 0, b_g, 0.0)
-    b_g = b_g.to(dh_ptr.dtype.element_ty)
+        i_sel = tl.load(sel + i_b)
+        b_g = tl.where(i_sel >= 0, b_g, 0.0)
+    b_g = b_g.to(grad_hidden.dtype.element_ty)
+    p_d0 = grad_hidden + i_b * stride_db
+    p_k0 = keep + i_b * stride_kb
     for t0 in range(start, end, BLOCK_T):
         o_t = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
         m_t = o_t < end
         if MODE == 0:
             if HAS_KEEP:
-                b_k = tl.load(keep_ptr + i_b * keep_stride_b + o_t, mask=m_t, other=0)
-                take = b_k != 0
+                b_k = tl.load(p_k0 + o_t, mask=m_t, other=0)
+                m_take = b_k != 0
             else:
-                take = m_t
+                m_take = m_t
         else:
-            take = o_t == sel
-        # [BT, BD]; non-pooled rows get explicit zeros: every element of grad_hidden is written once
-        b_zero = tl.zeros((BLOCK_T, BLOCK_D), dtype=dh_ptr.dtype.element_ty)
-        b_dh = tl.where(take[:, None], b_g[None, :], b_zero)
-        p_dh = dh_ptr + i_b * stride_db + o_t[:, None] * stride_dt + o_d[None, :]
+            m_take = o_t == i_sel
+        # [BLOCK_T, BLOCK_D]; rows not pooled get explicit zeros: every element of grad_hidden is written once
+        b_zero = tl.zeros((BLOCK_T, BLOCK_D), dtype=grad_hidden.dtype.element_ty)
+        b_dh = tl.where(m_take[:, None], b_g[None, :], b_zero)
+        p_dh = p_d0 + o_t[:, None] * stride_ds + o_d[None, :]
         tl.store(p_dh, b_dh, mask=m_t[:, None] & m_d[None, :])
 
 
 @triton.jit
-def _l2norm_fwd_kernel(x_ptr, y_ptr, norm_ptr, D, stride_xb, stride_yb,
-                       EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _l2norm_fwd_kernel(x, y, norm, dim, stride_xb, stride_yb, EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Row ``i_b`` of ``x`` (float32): ``y = x / max(||x||, EPS)`` and ``norm = ||x||``."""
     i_b = tl.program_id(0).to(tl.int64)
+    p_x0 = x + i_b * stride_xb
     b_ss = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
+    for d0 in range(0, dim, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
-        b_x = tl.load(x_ptr + i_b * stride_xb + o_d, mask=o_d < D, other=0.0)
+        b_x = tl.load(p_x0 + o_d, mask=o_d < dim, other=0.0)
         b_ss += b_x * b_x
-    norm = tl.sqrt(tl.sum(b_ss, axis=0))
-    tl.store(norm_ptr + i_b, norm)
-    denom = tl.maximum(norm, EPS)
-    for d0 in range(0, D, BLOCK_D):
+    b_norm = tl.sqrt(tl.sum(b_ss, axis=0))
+    tl.store(norm + i_b, b_norm)
+    b_denom = tl.maximum(b_norm, EPS)
+    for d0 in range(0, dim, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
-        b_x = tl.load(x_ptr + i_b * stride_xb + o_d, mask=o_d < D, other=0.0)
-        tl.store(y_ptr + i_b * stride_yb + o_d, (b_x / denom).to(y_ptr.dtype.element_ty), mask=o_d < D)
+        m_d = o_d < dim
+        b_x = tl.load(p_x0 + o_d, mask=m_d, other=0.0)
+        tl.store(y + i_b * stride_yb + o_d, (b_x / b_denom).to(y.dtype.element_ty), mask=m_d)
 
 
 @triton.jit
-def _l2norm_bwd_kernel(dy_ptr, x_ptr, norm_ptr, dx_ptr, D, stride_dyb, stride_xb, stride_dxb,
+def _l2norm_bwd_kernel(dy, x, norm, dx, dim, stride_dyb, stride_xb, stride_dxb,
                        EPS: tl.constexpr, BLOCK_D: tl.constexpr):
-    # y = x / max(||x||, eps):  dx = dy / n - x (x . dy) / n^3 when ||x|| >= eps, else dy / eps
+    """``dx`` (float32) of row ``i_b`` for ``y = x / max(||x||, EPS)``: ``dy / n - x (x . dy) / n^3`` when
+    ``||x|| >= EPS``, else ``dy / EPS``."""
     i_b = tl.program_id(0).to(tl.int64)
-    norm = tl.load(norm_ptr + i_b)
-    denom = tl.maximum(norm, EPS)
+    p_dy0 = dy + i_b * stride_dyb
+    p_x0 = x + i_b * stride_xb
+    b_norm = tl.load(norm + i_b)
+    b_denom = tl.maximum(b_norm, EPS)
     b_dot = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
+    for d0 in range(0, dim, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
-        b_dy = tl.load(dy_ptr + i_b * stride_dyb + o_d, mask=o_d < D, other=0.0).to(tl.float32)
-        b_x = tl.load(x_ptr + i_b * stride_xb + o_d, mask=o_d < D, other=0.0)
+        m_d = o_d < dim
+        b_dy = tl.load(p_dy0 + o_d, mask=m_d, other=0.0).to(tl.float32)
+        b_x = tl.load(p_x0 + o_d, mask=m_d, other=0.0)
         b_dot += b_dy * b_x
-    coef = tl.where(norm >= EPS, tl.sum(b_dot, axis=0) / (denom * denom * denom), 0.0)
-    for d0 in range(0, D, BLOCK_D):
+    b_coef = tl.where(b_norm >= EPS, tl.sum(b_dot, axis=0) / (b_denom * b_denom * b_denom), 0.0)
+    for d0 in range(0, dim, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
-        b_dy = tl.load(dy_ptr + i_b * stride_dyb + o_d, mask=o_d < D, other=0.0).to(tl.float32)
-        b_x = tl.load(x_ptr + i_b * stride_xb + o_d, mask=o_d < D, other=0.0)
-        tl.store(dx_ptr + i_b * stride_dxb + o_d, b_dy / denom - b_x * coef, mask=o_d < D)
+        m_d = o_d < dim
+        b_dy = tl.load(p_dy0 + o_d, mask=m_d, other=0.0).to(tl.float32)
+        b_x = tl.load(p_x0 + o_d, mask=m_d, other=0.0)
+        tl.store(dx + i_b * stride_dxb + o_d, b_dy / b_denom - b_x * b_coef, mask=m_d)
 
+
+# ------------------------------------------------------------------------------------------------------------
+# launchers: arguments by name (the offline compile report builds the same ones), then the launch
+# ------------------------------------------------------------------------------------------------------------
 
 # the candidates depend on neither dtype nor capability (bellm_kernels.configs)
-_TUNE_KEY = ["D", "MODE", "PACKED", "HAS_KEEP"]
+_TUNE_KEY = ["dim", "MODE", "PACKED", "HAS_KEEP"]
 _pool_fwd_tuned = triton.autotune(
     configs=configs.autotune_configs("pool_fwd", 0, torch.float32, (9, 0)), key=_TUNE_KEY
 )(_pool_fwd_kernel)
 _pool_bwd_tuned = triton.autotune(
     configs=configs.autotune_configs("pool_bwd", 0, torch.float32, (9, 0)), key=_TUNE_KEY
 )(_pool_bwd_kernel)
+_KERNELS = {"fwd": _pool_fwd_kernel, "bwd": _pool_bwd_kernel}
+_TUNED = {"fwd": _pool_fwd_tuned, "bwd": _pool_bwd_tuned}
 
 
-def _launch_pool(kernel, tuned, grid_seqs: int, D: int, args: tuple, flags: dict, interpret: bool) -> None:
-    if interpret:
-        grid = (grid_seqs, triton.cdiv(D, _INTERPRET_BLOCK_D))
-        kernel[grid](*args, **flags, BLOCK_T=_INTERPRET_BLOCK_T, BLOCK_D=_INTERPRET_BLOCK_D)
+def _layout_args(x: torch.Tensor, keep, cu_seqlens, count, prefix: str) -> dict:
+    """The layout arguments shared by both pooling kernels for hidden-shaped ``x``: the batch / position strides
+    of ``x``, the token mask's row stride, ``seqlen`` (0 when packed), ``cu_seqlens`` (``count`` stands in, never
+    read, in the padded layout) and the layout flags."""
+    packed = cu_seqlens is not None
+    if packed:
+        stride_b, stride_s, seqlen = 0, x.stride(0), 0
     else:
-        tuned[lambda meta: (grid_seqs, triton.cdiv(D, meta["BLOCK_D"]))](*args, **flags)
+        stride_b, stride_s, seqlen = x.stride(0), x.stride(1), x.shape[1]
+    return {
+        f"stride_{prefix}b": stride_b, f"stride_{prefix}s": stride_s, "stride_kb": seqlen, "seqlen": seqlen,
+        "dim": x.shape[-1], "cu_seqlens": cu_seqlens if packed else count, "PACKED": packed,
+        "HAS_KEEP": keep is not None,
+    }
 
 
-def _norm_block(D: int, interpret: bool) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the L2-norm kernels for rows of ``D`` floats."""
+def _fwd_args(hidden, keep, cu_seqlens, out, count, sel, mode_id: int) -> dict:
+    """Every argument of ``_pool_fwd_kernel`` but the tiles. ``keep``: the uint8 token mask (``(batch, seqlen)``
+    or ``(total_tokens,)``) or None; ``out``: ``(num_seqs, dim)``; ``count`` int32 and ``sel`` int64
+    ``(num_seqs,)``. The kernel never dereferences ``keep`` or ``cu_seqlens`` when its flags say they are
+    absent (``hidden`` and ``count`` stand in)."""
+    return dict(
+        hidden=hidden, keep=keep if keep is not None else hidden, out=out, count=count, sel=sel,
+        stride_ob=out.stride(0), MODE=mode_id, **_layout_args(hidden, keep, cu_seqlens, count, "h"),
+    )
+
+
+def _bwd_args(grad_pooled, keep, cu_seqlens, count, sel, grad_hidden, mode_id: int) -> dict:
+    """Every argument of ``_pool_bwd_kernel`` but the tiles; ``grad_pooled (num_seqs, dim)``, ``grad_hidden``
+    shaped like hidden, the rest as :func:`_fwd_args`."""
+    return dict(
+        grad_pooled=grad_pooled, keep=keep if keep is not None else grad_pooled, count=count, sel=sel,
+        grad_hidden=grad_hidden, stride_gb=grad_pooled.stride(0), MODE=mode_id,
+        **_layout_args(grad_hidden, keep, cu_seqlens, count, "d"),
+    )
+
+
+def _l2norm_fwd_args(pooled, out, norm) -> dict:
+    """Arguments of ``_l2norm_fwd_kernel`` but the tiles: float32 ``pooled`` rows to ``out``, norms to ``norm``."""
+    return dict(x=pooled, y=out, norm=norm, dim=pooled.shape[1], stride_xb=pooled.stride(0),
+                stride_yb=out.stride(0), EPS=_EPS)
+
+
+def _l2norm_bwd_args(grad_out, pooled, norm, grad_pooled) -> dict:
+    """Arguments of ``_l2norm_bwd_kernel`` but the tiles: the gradient ``grad_out`` of the normalised rows to
+    the float32 gradient ``grad_pooled`` of the ``pooled`` rows."""
+    return dict(dy=grad_out, x=pooled, norm=norm, dx=grad_pooled, dim=pooled.shape[1],
+                stride_dyb=grad_out.stride(0), stride_xb=pooled.stride(0), stride_dxb=grad_pooled.stride(0), EPS=_EPS)
+
+
+def _launch_pool(kind: str, num_seqs: int, args: dict, interpret: bool) -> None:
+    """Launch the pooling ``"fwd"`` or ``"bwd"`` kernel on the grid ``(num_seqs, dim blocks)``: autotuned on
+    CUDA, fixed blocks in the interpreter."""
+    dim = args["dim"]
     if interpret:
-        return _INTERPRET_BLOCK_D, 4
-    (tile,) = configs.autotune_configs("pool_l2norm_fwd", D, torch.float32, (9, 0))
-    return tile.kwargs["BLOCK_D"], tile.num_warps
+        kernel, meta = _KERNELS[kind], dict(BLOCK_T=_INTERPRET_BLOCK_T, BLOCK_D=_INTERPRET_BLOCK_D)
+        grid = (num_seqs, triton.cdiv(dim, _INTERPRET_BLOCK_D))
+    else:
+        kernel, meta = _TUNED[kind], {}
+        grid = lambda m: (num_seqs, triton.cdiv(dim, m["BLOCK_D"]))  # noqa: E731
+    kernel[grid](**args, **meta)
+
+
+def _launch_l2norm(kernel, num_seqs: int, args: dict, interpret: bool) -> None:
+    """Launch an L2-norm kernel, one program per row."""
+    if interpret:
+        meta = dict(BLOCK_D=_INTERPRET_BLOCK_D, num_warps=4)
+    else:
+        (tile,) = configs.autotune_configs("pool_l2norm_fwd", args["dim"], torch.float32, (9, 0))
+        meta = dict(tile.kwargs, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    kernel[(num_seqs,)](**args, **meta)
 
 
 def _triton_pool_fwd(hidden, keep, cu_seqlens, mode_id: int, normalize: bool) -> tuple[torch.Tensor, tuple]:
     """Launch the pooling forward: ``(out (num_seqs, dim), state)``; ``state`` is what :func:`_triton_pool_bwd`
     needs (the per-sequence pooled-token count and selected row, the float32 pooled rows and their norms)."""
-    packed = cu_seqlens is not None
     interpret = hidden.device.type == "cpu"
-    if packed:
-        num_seqs, seqlen, D = cu_seqlens.numel() - 1, 0, hidden.shape[1]
-        h_strides, keep_stride_b = (0, hidden.stride(0)), 0
-    else:
-        num_seqs, seqlen, D = hidden.shape
-        h_strides, keep_stride_b = (hidden.stride(0), hidden.stride(1)), seqlen
-    dev = hidden.device
-    out = _alloc((num_seqs, D), hidden.dtype, dev)
-    pooled = _alloc((num_seqs, D), torch.float32, dev) if normalize else out
+    num_seqs = cu_seqlens.numel() - 1 if cu_seqlens is not None else hidden.shape[0]
+    dim, dev = hidden.shape[-1], hidden.device
+    out = _alloc((num_seqs, dim), hidden.dtype, dev)
+    pooled = _alloc((num_seqs, dim), torch.float32, dev) if normalize else out
     count = _alloc((num_seqs,), torch.int32, dev)
     sel = _alloc((num_seqs,), torch.int64, dev)
     norm = _alloc((num_seqs,), torch.float32, dev) if normalize else None
-    flags = {"MODE": mode_id, "PACKED": packed, "HAS_KEEP": keep is not None}
     if out.numel() > 0:  # else nothing to compute (no sequence or dim 0); backward checks the same
-        # the kernel never dereferences keep / cu_seqlens when its flags say they are absent
-        args = (hidden, keep if keep is not None else hidden, cu_seqlens if packed else count, pooled,
-                count, sel, seqlen, D, *h_strides, pooled.stride(0), keep_stride_b)
-        _launch_pool(_pool_fwd_kernel, _pool_fwd_tuned, num_seqs, D, args, flags, interpret)
+        _launch_pool("fwd", num_seqs, _fwd_args(hidden, keep, cu_seqlens, pooled, count, sel, mode_id), interpret)
         if normalize:
-            block, warps = _norm_block(D, interpret)
-            _l2norm_fwd_kernel[(num_seqs,)](pooled, out, norm, D, pooled.stride(0), out.stride(0),
-                                            EPS=_EPS, BLOCK_D=block, num_warps=warps)
-    meta = (tuple(hidden.shape), hidden.dtype, seqlen, keep_stride_b, flags, interpret)
+            _launch_l2norm(_l2norm_fwd_kernel, num_seqs, _l2norm_fwd_args(pooled, out, norm), interpret)
+    meta = (tuple(hidden.shape), hidden.dtype, mode_id, interpret)
     return out, (keep, cu_seqlens, count, sel, pooled if normalize else None, norm, meta)
 
 
 def _triton_pool_bwd(grad_out, state) -> torch.Tensor:
     """Launch the pooling backward: ``grad_hidden`` shaped like ``hidden``."""
-    keep, cu_seqlens, count, sel, pooled, norm, meta = state
-    shape, dtype, seqlen, keep_stride_b, flags, interpret = meta
+    keep, cu_seqlens, count, sel, pooled, norm, (shape, dtype, mode_id, interpret) = state
     grad_hidden = _alloc(shape, dtype, grad_out.device)
-    num_seqs, D = grad_out.shape
+    num_seqs, dim = grad_out.shape
     if grad_hidden.numel() == 0:  # no token or dim 0 (num_seqs == 0 implies no token)
         return grad_hidden
     if grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
-    g = grad_out
+    grad_pooled = grad_out
     if pooled is not None:
-        g = _alloc((num_seqs, D), torch.float32, grad_out.device)
-        block, warps = _norm_block(D, interpret)
-        _l2norm_bwd_kernel[(num_seqs,)](grad_out, pooled, norm, g, D, grad_out.stride(0),
-                                        pooled.stride(0), g.stride(0), EPS=_EPS, BLOCK_D=block,
-                                        num_warps=warps)
-    if flags["PACKED"]:
-        dh_strides = (0, grad_hidden.stride(0))
-    else:
-        dh_strides = (grad_hidden.stride(0), grad_hidden.stride(1))
-    args = (g, keep if keep is not None else g, cu_seqlens if flags["PACKED"] else count, count, sel,
-            grad_hidden, seqlen, D, g.stride(0), *dh_strides, keep_stride_b)
-    _launch_pool(_pool_bwd_kernel, _pool_bwd_tuned, num_seqs, D, args, flags, interpret)
+        grad_pooled = _alloc((num_seqs, dim), torch.float32, grad_out.device)
+        _launch_l2norm(_l2norm_bwd_kernel, num_seqs, _l2norm_bwd_args(grad_out, pooled, norm, grad_pooled),
+                       interpret)
+    args = _bwd_args(grad_pooled, keep, cu_seqlens, count, sel, grad_hidden, mode_id)
+    _launch_pool("bwd", num_seqs, args, interpret)
     return grad_hidden
 
 
