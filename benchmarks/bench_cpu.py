@@ -140,7 +140,11 @@ def _sentence_transformers(model, prompt: str, model_dir: str):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    module = Transformer(model_dir)  # the saved model's folder; the loaded copy is replaced by `model`
+    # the saved model's folder; the loaded copy is replaced by `model`. Plain text only: for a model with a chat
+    # template, sentence-transformers would otherwise wrap every input in it (a system prompt and role markers:
+    # about four times the tokens, and other embeddings)
+    text_only = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+    module = Transformer(model_dir, modality_config=text_only, module_output_name="token_embeddings")
     module.model = model
     st = SentenceTransformer(modules=[module, Pooling(model.config.hidden_size, pooling_mode="lasttoken")],
                              device="cpu")
