@@ -66,14 +66,13 @@ _ENCODE_KWARGS = (
 
 
 def default_max_tokens_per_batch(device: torch.device | str) -> int:
-    """Token budget of one packed micro-batch: 16384 on CUDA, 8192 on CPU.
+    """Token budget of one packed micro-batch: 16384 on CUDA, 4096 on CPU.
 
     On CPU, chosen by measurement (``python -m benchmarks.bench_cpu --groups stsb-budget``, BENCHMARKS.md's CPU
-    section): short sentences encoded fastest at 8k of the 1k/2k/4k/8k budgets (median of two alternating rounds;
-    ahead of 4k and 1k in both), as fewer, larger forwards pay less per-operation overhead, for about 5% more
-    peak memory than 4k. A single input longer than
-    the budget still runs alone, so the budget never limits the input length."""
-    return 16384 if torch.device(device).type == "cuda" else 8192
+    section): of the 1k/2k/4k/8k budgets, 4k encoded short sentences fastest on an idle 2-core machine (8k was
+    about 17% slower and took about 12% more peak memory; 1k paid the most per-forward overhead). A single input
+    longer than the budget still runs alone, so the budget never limits the input length."""
+    return 16384 if torch.device(device).type == "cuda" else 4096
 
 
 def _check_count(name: str, value, *, none_ok: bool = True) -> int | None:

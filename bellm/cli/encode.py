@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-tokens-per-batch",
         type=int,
         default=None,
-        help="token budget per packed batch (default 16384 on CUDA, 8192 on CPU)",
+        help="token budget per packed batch (default 16384 on CUDA, 4096 on CPU)",
     )
     parser.add_argument(
         "--dtype", default=None, help="bf16 / fp16 / fp32 (default bf16 on CUDA, fp32 on CPU)"

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-tokens",
         type=int,
         default=None,
-        help="tokens per packed forward (default 8192 CPU, 16384 CUDA)",
+        help="tokens per packed forward (default 4096 CPU, 16384 CUDA)",
     )
     limits.add_argument(
         "--max-queue-tokens",

@@ -19,7 +19,7 @@ class ServerConfig:
         model_name: the ``model`` the server reports in responses and ``/v1/models``.
         max_inputs: most items in one request's ``input`` list.
         max_request_bytes: largest request body; a larger one gets 413.
-        max_batch_tokens: token budget of one packed forward (None: the encoder's, else 8192 on CPU / 16384 on
+        max_batch_tokens: token budget of one packed forward (None: the encoder's, else 4096 on CPU / 16384 on
             CUDA).
         max_queue_tokens: queued tokens past which new requests get 429 (None: 16 batches' worth).
         max_wait_ms: how long the worker waits after the oldest queued input for more to fill a batch.

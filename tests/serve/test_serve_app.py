@@ -315,7 +315,7 @@ def test_models_health_info_metrics(server, encoder):
     assert info["dim"] == 64 and info["from_layer"] == 1 and info["pooling"] == "last"
     assert info["prompt"] == encoder.prompt and info["max_length"] == encoder.max_length
     assert info["limits"]["max_inputs"] == 8
-    assert info["limits"]["max_batch_tokens"] == default_max_tokens_per_batch("cpu") == 8192
+    assert info["limits"]["max_batch_tokens"] == default_max_tokens_per_batch("cpu") == 4096
     assert info["limits"]["auth"] is False and "api_key" not in json.dumps(info)
     assert {"bellm", "torch", "transformers"} <= set(info["versions"])
     _post(server, {"input": ["m1", "m2"]})
