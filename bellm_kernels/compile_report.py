@@ -49,7 +49,11 @@ _ATTN_LAYOUTS = ("padded", "padded-mask", "packed")
 # pooling: layout, pool_mask given; padded inputs always carry a token mask
 _POOL_LAYOUTS = ("padded-mask", "packed", "packed-pool-mask")
 _POOL_MODES = {"mean": 0, "last": 1, "first": 2}
-_POOL_DIM = 4096  # hidden size for the pooling kernels (only the L2-norm block depends on it)
+# hidden size of the pooling kernels' meta tensors (their binaries depend on it only through divisibility by 16)
+_POOL_DIM = 4096
+# the L2-norm kernels' block follows the hidden size: these cover every block they are shipped with from 256 up
+# (SmolLM2-135M's 576 -> 1024, 2048, 4096 and more -> 4096)
+_L2NORM_DIMS = (256, 512, 576, 2048, 4096)
 # meta-tensor shapes: GQA with 4 query heads per kv head; head counts are run-time values in the kernels
 _HEADS, _KV_HEADS, _BATCH, _SEQLEN = 32, 8, 2, 256
 
@@ -89,13 +93,18 @@ def matrix(archs, head_dims, dtypes, kernels) -> list[Variant]:
         capability = (arch // 10, arch % 10)
         for dtype in dtypes:
             for kernel in kernels:
+                if kernel in POOL_KERNELS and "l2norm" in kernel:
+                    # case "hidden=N": the hidden size that picks the block
+                    out += [Variant(kernel, arch, dtype, 0, f"hidden={dim}", "-", _config_name(t))
+                            for dim in _L2NORM_DIMS
+                            for t in configs.autotune_configs(kernel, dim, _DTYPES[dtype], capability)]
+                    continue
                 if kernel in POOL_KERNELS:
                     tiles = configs.autotune_configs(kernel, _POOL_DIM, _DTYPES[dtype], capability)
                     # "+norm": normalize=True, where the pooled vector goes through a float32 buffer
-                    modes = ("-",) if "l2norm" in kernel else tuple(m + n for m in _POOL_MODES for n in ("", "+norm"))
-                    layouts = ("-",) if "l2norm" in kernel else _POOL_LAYOUTS
+                    modes = tuple(m + n for m in _POOL_MODES for n in ("", "+norm"))
                     out += [Variant(kernel, arch, dtype, 0, mode, layout, _config_name(t))
-                            for mode in modes for layout in layouts for t in tiles]
+                            for mode in modes for layout in _POOL_LAYOUTS for t in tiles]
                     continue
                 cases = ("-",) if kernel == "attn_bwd_preprocess" else ("causal", "bidir")
                 for head_dim in head_dims:
@@ -132,7 +141,8 @@ def _attention_args(v: Variant) -> dict:
 def _pool_args(v: Variant) -> dict:
     """The arguments ``bellm_kernels.pool`` launches its kernels with, built by its own argument builders."""
     pool = importlib.import_module("bellm_kernels.pool")
-    dtype, dim = _DTYPES[v.dtype], _POOL_DIM
+    dtype = _DTYPES[v.dtype]
+    dim = int(v.case.removeprefix("hidden=")) if v.case.startswith("hidden=") else _POOL_DIM
     meta = dict(device="meta")
     f32, i32 = dict(dtype=torch.float32, **meta), dict(dtype=torch.int32, **meta)
     pooled, norm = torch.empty(_BATCH, dim, **f32), torch.empty(_BATCH, **f32)
@@ -196,10 +206,12 @@ def _save_cache(path: str, old: dict, fresh: dict, prune: bool = False) -> None:
     kept = {k: e for k, e in old.items() if not (prune and e.get("triton") == triton.__version__)}
     kept.update(fresh)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # written whole, then renamed: an interrupted run leaves the old cache
+    with open(tmp, "w") as f:
         f.write('{"format": 1, "entries": {\n')
         f.write(",\n".join(f"{json.dumps(k)}: {json.dumps(kept[k], sort_keys=True)}" for k in sorted(kept)))
         f.write("\n}}\n")
+    os.replace(tmp, path)
 
 
 _NOT_COMPILED = "not compiled: not in the cache (run without --cached-only)"
@@ -346,7 +358,9 @@ def format_markdown(summary: list[dict], rows: list[dict], command: str) -> str:
         "",
         f"{len(rows)} variants ({' and '.join(sorted({r['dtype'] for r in rows}))}, head_dim "
         f"{', '.join(str(d) for d in sorted({r['head_dim'] for r in rows if r['head_dim']}))}, causal and "
-        f"bidirectional, padded / padded with a key mask / packed, each candidate), {len({r['key'] for r in rows})} "
+        "bidirectional, padded / padded with a key mask / packed, each candidate; the pooling kernels in every "
+        "mode (mean, last, first; with and without normalisation) and layout, and the L2-norm kernels at hidden "
+        f"sizes {', '.join(map(str, _L2NORM_DIMS))}), {len({r['key'] for r in rows})} "
         f"distinct binaries: {spilling} spill, {errors} fail to compile. Each row below is the worst case over its "
         "variants; `stack B` > 0 means register spills.",
         "",

@@ -3,12 +3,13 @@
 Runs ``python -m bellm_kernels.compile_report --check`` over the matrix in ``GATE``: the attention kernels (forward,
 backward preprocess, dK/dV, dQ), bf16 and fp16, every layout, causal and bidirectional, every candidate, at the head
 dims in ``GATED_HEAD_DIMS`` (at or below 128 every candidate must be spill-free; above, each kernel needs one
-spill-free candidate). Results are kept in ``compile_cache.json`` beside this file, keyed by a hash of the kernel
-source, its specialisation, the launch options and the Triton version: only what changed is recompiled (regenerate
-with the command in KERNELS.md under each Triton version CI installs, and commit the cache, or CI compiles the
-missing entries itself), and a few cached entries are recompiled on every run to check the cache. CI runs it under
-each Triton version it installs. The report runs in a subprocess: this test session imported the kernels for
-Triton's interpreter.
+spill-free candidate), and the pooling kernels (forward and backward in every pooling mode and layout, with and without
+normalisation, and the L2-norm kernels), every candidate of which must be spill-free. Results are kept in
+``compile_cache.json`` beside this file, keyed by a hash of the kernel source, its specialisation, the launch
+options and the Triton version: only what changed is recompiled (regenerate with the command in KERNELS.md under
+each Triton version CI installs, and commit the cache, or CI compiles the missing entries itself), and a few cached
+entries are recompiled on every run to check the cache. CI runs it under each Triton version it installs. The report
+runs in a subprocess: this test session imported the kernels for Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(__file__).with_name("compile_cache.json")
 GATED_HEAD_DIMS = (64, 80, 96, 128, 256)
-# the gated matrix: both architectures, the attention kernels, bf16 and fp16 (the report's default), the head dims
-# above (the pooling kernels: the report only, so far)
-GATE = ["--arch", "sm90", "--arch", "sm80", *(f"--head-dim={d}" for d in GATED_HEAD_DIMS),
-        *(f"--kernel={k}" for k in ("attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq"))]
+# the gated matrix: both architectures, every kernel (attention and pooling), bf16 and fp16 (the report's default),
+# the head dims above for the attention kernels (the pooling kernels have no head_dim: all of them are gated)
+GATE = ["--arch", "sm90", "--arch", "sm80", *(f"--head-dim={d}" for d in GATED_HEAD_DIMS)]
 
 
 def _env() -> dict[str, str]:
