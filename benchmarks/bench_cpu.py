@@ -185,16 +185,15 @@ def _peak_rss_mb(reset: bool) -> float:
 
 
 def save_model(path: Path) -> None:
-    """The real SmolLM2 (GGUF, de-quantised once: slow) as float32 safetensors + config + tokenizer in ``path``."""
+    """The real SmolLM2 base model as float32 safetensors + config + tokenizer in ``path`` (the GGUF is
+    de-quantised once, into bellm's converted-GGUF cache; later calls read that)."""
     import torch
-    from safetensors.torch import save_model as save_safetensors
 
     from bellm.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(dtype=torch.float32, device="cpu")
-    model.config.save_pretrained(str(path))
+    model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
-    save_safetensors(model, str(path / "model.safetensors"))
 
 
 def measure_one(group: str, impl: str, threads: int, model_dir: str, sentences: int | None = None) -> dict:

@@ -197,8 +197,9 @@ class Run:
         return str(self.resolve(self.base()["path"]))
 
     def _materialise(self) -> dict:
-        """A GGUF is loaded once (de-quantised to a regular fp32 model) and saved as safetensors (bitwise the
-        same weights) so later loads take a second; a transformers directory is used in place."""
+        """A GGUF is loaded once (de-quantised to a regular model, through bellm's converted-GGUF cache) and saved
+        as safetensors (bitwise the same weights) so later loads take a second; a transformers directory is used
+        in place."""
         from transformers import AutoConfig
 
         s = self.settings
@@ -209,14 +210,10 @@ class Run:
         if is_gguf:
             from bellm.models import load_model_and_tokenizer
 
+            # read from the converted-GGUF cache after the first conversion; saves like any model
             model, tokenizer = load_model_and_tokenizer(
                 s.model, gguf_file=s.gguf_file, dtype=s.dtype, device="cpu"
             )
-            model.hf_quantizer = (
-                None  # the de-quantised weights are plain tensors; let transformers save them
-            )
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
             params = int(sum(p.numel() for p in model.parameters()))
             target = self.out / "base_model"
             tmp = Path(tempfile.mkdtemp(prefix=".base_model.", dir=self.out))

@@ -40,17 +40,16 @@ K = 2  # from_layer: layers 0, 1 causal, 2, 3 bidirectional
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """A tiny random Llama saved with the real SmolLM2 tokenizer (loaded offline from the GGUF)."""
-    from transformers import AutoTokenizer
-
-    from bellm.models import default_model
+    """A tiny random Llama saved with the real SmolLM2 tokenizer (loaded offline from the GGUF, through the
+    converted-GGUF cache: seconds, where converting the tokenizer alone takes about 10 s)."""
+    from bellm.models import default_model, load_model_and_tokenizer
 
     try:
         gguf_dir, gguf_file = default_model(download=False)
     except FileNotFoundError as err:
         pytest.skip(str(err))
     path = tmp_path_factory.mktemp("tiny_llama")
-    tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
+    _, tok = load_model_and_tokenizer(gguf_dir / gguf_file, device="cpu")
     tiny_model("llama", num_layers=4, vocab=len(tok)).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
