@@ -27,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bellm.run_record import file_sha256
+
 if TYPE_CHECKING:
     import torch
 
@@ -243,7 +245,10 @@ def gguf_cache_folder(gguf_path: str | os.PathLike) -> Path:
     """The converted-GGUF cache folder of a ``.gguf`` file: ``$BELLM_CACHE/gguf/<file stem>-<key>`` (default
     ``~/.cache/bellm``), the key hashing :func:`_gguf_identity`. Whether it exists yet is not checked; raises
     FileNotFoundError when the GGUF does not exist."""
-    identity = _gguf_identity(Path(gguf_path))
+    return _gguf_folder_of(_gguf_identity(Path(gguf_path)))
+
+
+def _gguf_folder_of(identity: dict) -> Path:
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return _cache_dir() / "gguf" / f"{Path(identity['source']).stem}-{key}"
 
@@ -263,9 +268,10 @@ def _cached_gguf_folder(gguf_path: Path, trust_remote_code: bool) -> Path | None
     discards only its own temporary folder. Returns None (after a warning) when the cache cannot be written;
     raises RuntimeError for a folder bellm did not complete.
     """
-    folder = gguf_cache_folder(gguf_path)
+    identity = _gguf_identity(gguf_path)
+    folder = _gguf_folder_of(identity)
     if folder.exists():
-        _check_record(folder, _gguf_identity(gguf_path))
+        _check_record(folder, identity)
         return folder
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +281,7 @@ def _cached_gguf_folder(gguf_path: Path, trust_remote_code: bool) -> Path | None
                        "set BELLM_CACHE to a writable folder)", folder, err, gguf_path)
         return None
     try:
-        _convert_gguf(gguf_path, tmp, trust_remote_code)
+        _convert_gguf(gguf_path, identity, tmp, trust_remote_code)
         os.replace(tmp, folder)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -289,10 +295,10 @@ def _cached_gguf_folder(gguf_path: Path, trust_remote_code: bool) -> Path | None
     return folder
 
 
-def _convert_gguf(gguf_path: Path, target: Path, trust_remote_code: bool) -> None:
+def _convert_gguf(gguf_path: Path, identity: dict, target: Path, trust_remote_code: bool) -> None:
     """De-quantise ``gguf_path`` into ``target``: the causal-LM model as float32 safetensors
     (``save_pretrained``; ``AutoModel`` loads its base model from the same folder), the tokenizer files, and
-    the record (:func:`_gguf_identity` plus the GGUF's sha256 and bellm's version) last."""
+    the record (``identity``, from :func:`_gguf_identity`, plus the GGUF's sha256 and bellm's version) last."""
     import torch
 
     from bellm import __version__
@@ -303,7 +309,7 @@ def _convert_gguf(gguf_path: Path, target: Path, trust_remote_code: bool) -> Non
     model.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
     del model
-    record = {**_gguf_identity(gguf_path), "sha256": _sha256(gguf_path), "bellm": __version__}
+    record = {**identity, "sha256": file_sha256(gguf_path), "bellm": __version__}
     (target / _GGUF_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
@@ -324,14 +330,6 @@ def _load_cached_gguf(folder: Path, torch_dtype, causal_lm: bool):
         return _load_transformers(folder, None, torch_dtype, causal_lm, False)
     except (OSError, ValueError, KeyError) as err:
         raise _damaged(folder, str(err).splitlines()[0][:300] if str(err) else type(err).__name__) from err
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def forget_gguf_quantizer(model) -> None:

@@ -199,13 +199,13 @@ def test_a_writer_that_loses_the_race_discards_only_its_own_folder(tiny_gguf, ca
     convert = bellm.models._convert_gguf
     folder = gguf_cache_folder(tiny_gguf)
 
-    def convert_while_another_process_finishes_first(gguf_path, target, trust_remote_code):
+    def convert_while_another_process_finishes_first(gguf_path, identity, target, trust_remote_code):
         winner = target.parent / ".winner.tmp"
         winner.mkdir()
-        convert(gguf_path, winner, trust_remote_code)
+        convert(gguf_path, identity, winner, trust_remote_code)
         (winner / "written-by-the-winner").write_text("")
         os.replace(winner, folder)
-        convert(gguf_path, target, trust_remote_code)
+        convert(gguf_path, identity, target, trust_remote_code)
 
     monkeypatch.setattr(bellm.models, "_convert_gguf", convert_while_another_process_finishes_first)
     model, _ = load_model_and_tokenizer(tiny_gguf, device="cpu", dtype=torch.float32)
@@ -218,8 +218,8 @@ def test_a_writer_that_loses_the_race_discards_only_its_own_folder(tiny_gguf, ca
 def test_a_failed_conversion_leaves_nothing_behind(tiny_gguf, cache, monkeypatch):
     convert = bellm.models._convert_gguf
 
-    def convert_then_fail(gguf_path, target, trust_remote_code):
-        convert(gguf_path, target, trust_remote_code)
+    def convert_then_fail(gguf_path, identity, target, trust_remote_code):
+        convert(gguf_path, identity, target, trust_remote_code)
         raise KeyboardInterrupt  # after every file was written, before the rename
 
     monkeypatch.setattr(bellm.models, "_convert_gguf", convert_then_fail)
