@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -110,14 +111,18 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def stage(self, name: str, fn, redo: bool = False) -> dict:
-        """Run ``fn() -> dict`` unless ``stages/<name>.json`` exists (or ``redo``); record its wall time and the
-        torch threads; write it atomically with portable paths (:meth:`portable`)."""
+        """Run ``fn() -> dict`` unless ``stages/<name>.json`` exists (or ``redo``); record its wall time, the
+        torch threads and the stages other processes were running when it started (``started_alongside``, when
+        any); write it atomically with portable paths (:meth:`portable`)."""
         result = None if redo else self.done(name)
         if result is not None:
             return result
+        alongside = self.running_elsewhere()
         t0 = time.perf_counter()
         result = fn()
         result["seconds"] = time.perf_counter() - t0
+        if alongside:
+            result["started_alongside"] = alongside
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         result["torch_threads"] = _threads()
         result = self.portable(to_jsonable(result))
@@ -633,8 +638,56 @@ class Run:
             (f"eval-{arm['name']}-seed{seed}", lambda: self._eval_trained(arm, seed)),
         ]
 
-    def run_all(self, stop_after_s: float | None = None) -> int:
+    def needs(self, name: str, order: list[str]) -> list[str]:
+        """The stages that must be done before ``name`` can start (``order``: every stage name in run order):
+        an evaluation or full-protocol scoring needs its arm's training / sampled evaluation, ``best-depth``
+        needs every evaluation before it; the rest need nothing beyond the turning point."""
+        if name.startswith("eval-"):
+            return ["train-" + name[len("eval-") :]]
+        if name.startswith("fullpairs-"):
+            return ["eval-" + name[len("fullpairs-") :]]
+        if name == "best-depth":
+            return [n for n in order[: order.index(name)] if n.startswith("eval-")]
+        return []
+
+    def claim(self, name: str) -> bool:
+        """Take the lock ``stages/<name>.lock`` (created exclusively; it names the host and process) so that
+        no other process working on this run directory starts the same stage. A lock left by a process of
+        this host that is gone is taken over; one held by a live process, or written on another host, is
+        not. Returns whether this process now holds it (release with :meth:`release`)."""
+        path = self.stages / f"{name}.lock"
+        self.stages.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _stale(path):
+                    return False
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}, f)
+            return True
+        return False
+
+    def release(self, name: str) -> None:
+        (self.stages / f"{name}.lock").unlink(missing_ok=True)
+
+    def running_elsewhere(self) -> list[str]:
+        """The stages other processes hold locks on now."""
+        mine = f"{socket.gethostname()}:{os.getpid()}"
+        held = []
+        for path in sorted(self.stages.glob("*.lock")):
+            owner = _lock_owner(path)
+            if owner and f"{owner.get('host')}:{owner.get('pid')}" != mine and not _stale(path):
+                held.append(path.name[: -len(".lock")])
+        return held
+
+    def run_all(self, stop_after_s: float | None = None, poll_s: float = 30.0) -> int:
         """Every stage not done yet, in order (the caller shows the plan first: :func:`report.format_plan`).
+        Several processes may work on one run directory at once: each takes the first stage that is not
+        done, not held by another (:meth:`claim`) and whose :meth:`needs` are done, and waits ``poll_s``
+        seconds at a time while every stage left is running elsewhere or waits on one that is.
         ``stop_after_s``: no stage starts once that many seconds have passed (rerun to resume). Returns the
         number of stages left."""
         from tqdm.auto import tqdm
@@ -647,29 +700,57 @@ class Run:
             f"turning point: layer {d['turning_point']} of {d['num_layers']}; k = {d['k_bellm']} "
             f"({d['k_rule']}); second depth k = {d['k_quarter']}"
         )
-        while True:  # a second pass runs the stages that only exist once earlier ones finished
-            est = self.estimate()["stages"]
-            todo = [(n, f) for n, f in self.jobs(d) if self.done(n) is None]
-            if not todo:
-                return 0
-            total = sum(est.get(n, 60.0) for n, _ in todo)
-            with tqdm(
-                total=round(total),
-                unit="s",
-                desc="reproduce (est. seconds of work)",
-                disable=not self.progress,
-                position=0,
-                dynamic_ncols=True,
-            ) as bar:
-                for i, (name, fn) in enumerate(todo):
-                    if stop_after_s is not None and time.monotonic() - t_start > stop_after_s:
+        waiting_for = None
+        with tqdm(
+            total=0,
+            unit="s",
+            desc="reproduce (est. seconds of work)",
+            disable=not self.progress,
+            position=0,
+            dynamic_ncols=True,
+        ) as bar:
+            while True:  # the job list grows as stages finish (the depth study's later stages)
+                est = self.estimate()["stages"]
+                jobs = self.jobs(d)
+                order = [n for n, _ in jobs]
+                todo = [(n, f) for n, f in jobs if self.done(n) is None]
+                if not todo:
+                    return 0
+                if stop_after_s is not None and time.monotonic() - t_start > stop_after_s:
+                    tqdm.write(
+                        f"stopping before {todo[0][0]}: --stop-after reached; rerun the same command to resume"
+                    )
+                    return len(todo)
+                bar.total = bar.n + round(sum(est.get(n, 60.0) for n, _ in todo))
+                bar.refresh()
+                job = next(
+                    (
+                        (n, f)
+                        for n, f in todo
+                        if all(self.done(p) is not None for p in self.needs(n, order)) and self.claim(n)
+                    ),
+                    None,
+                )
+                if job is None:
+                    elsewhere = self.running_elsewhere()
+                    if elsewhere != waiting_for:
                         tqdm.write(
-                            f"stopping before {name}: --stop-after reached; rerun the same command to resume"
+                            f"waiting: the {len(todo)} stage(s) left wait on {', '.join(elsewhere) or 'nothing'}"
+                            f", running in another process (a lock of a process that is gone: delete "
+                            f"{self.stages}/<stage>.lock)"
                         )
-                        return len(todo) - i
-                    bar.set_postfix_str(name)
-                    self.stage(name, fn)
-                    bar.update(round(est.get(name, 60.0)))
+                        waiting_for = elsewhere
+                    time.sleep(poll_s)
+                    continue
+                name, fn = job
+                waiting_for = None
+                try:
+                    if self.done(name) is None:  # finished by another process between the check and the claim
+                        bar.set_postfix_str(name)
+                        self.stage(name, fn)
+                finally:
+                    self.release(name)
+                bar.update(round(est.get(name, 60.0)))
 
     def _eval_untrained(self, row: dict) -> dict:
         result = self.evaluate(
@@ -779,3 +860,26 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _lock_owner(path: Path) -> dict | None:
+    """The ``{"host", "pid", "started"}`` a stage lock names (None while it is being written or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(path: Path) -> bool:
+    """Whether a stage lock was left by a process of this host that no longer runs. A lock still being
+    written (empty for a moment) or written on another host is never stale."""
+    owner = _lock_owner(path)
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False

@@ -264,3 +264,118 @@ def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
     )
     assert full_row in text  # the same ranking on the sampled pairs and on every pair
     assert "sampled and the every-pair scores" in text
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stage_locks_are_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
+    import socket
+
+    run = _fixture_run(tmp_path)
+    lock = run.stages / "train-x-seed1.lock"
+    assert run.claim("train-x-seed1") and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not run.claim("train-x-seed1")  # held by a live process (this one)
+    run.release("train-x-seed1")
+    assert not lock.exists()
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"host": host, "pid": _dead_pid(), "started": 0}))
+    assert run.running_elsewhere() == []
+    assert run.claim("train-x-seed1") and json.loads(lock.read_text())["pid"] == os.getpid()
+    # a lock written on another host, and one still being written, are respected
+    for foreign in ({"host": host + "-other", "pid": _dead_pid(), "started": 0}, None):
+        lock.write_text("" if foreign is None else json.dumps(foreign))
+        assert not run.claim("train-x-seed1")
+    lock.write_text(json.dumps({"host": host, "pid": os.getppid(), "started": 0}))
+    assert run.running_elsewhere() == ["train-x-seed1"]
+
+
+def test_stage_needs():
+    from experiments.stages import Run
+
+    order = ["train-a-seed1", "eval-a-seed1", "untrained-a", "train-b-seed1", "eval-b-seed1", "best-depth"]
+    run = Run.__new__(Run)
+    assert run.needs("eval-a-seed1", order) == ["train-a-seed1"]
+    assert run.needs("fullpairs-a-seed1", order) == ["eval-a-seed1"]
+    assert run.needs("best-depth", order) == ["eval-a-seed1", "eval-b-seed1"]
+    assert run.needs("train-a-seed1", order) == [] and run.needs("untrained-a", order) == []
+
+
+def _fake_jobs(run, names, calls, seconds=0.0):
+    import threading
+    import time
+
+    def job(name):
+        def fn():
+            calls.append((threading.current_thread().name, name))
+            time.sleep(seconds)
+            return {"name": name}
+
+        return fn
+
+    run.jobs = lambda d, for_estimate=False: [(n, job(n)) for n in names]
+    run.estimate = lambda: {"stages": {n: 1.0 for n in names}}  # the real one needs the fixture's model
+
+
+def test_a_worker_skips_stages_held_elsewhere_and_waits_for_their_inputs(tmp_path):
+    """A stage locked by another live process is not run; the evaluation that needs it waits until it is done,
+    while the independent stages run meanwhile."""
+    import socket
+    import threading
+    import time
+
+    run = _fixture_run(tmp_path)
+    names = ["train-a-seed1", "eval-a-seed1", "train-b-seed1", "eval-b-seed1"]
+    calls = []
+    _fake_jobs(run, names, calls)
+    lock = run.stages / "train-a-seed1.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": 0}))
+    left = []
+    worker = threading.Thread(target=lambda: left.append(run.run_all(poll_s=0.02)), name="w")
+    worker.start()
+    deadline = time.monotonic() + 60
+    while run.done("eval-b-seed1") is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert [n for _, n in calls] == ["train-b-seed1", "eval-b-seed1"] and worker.is_alive()
+    run.stage("train-a-seed1", lambda: {"by": "the other process"})  # the other process finishes it
+    lock.unlink()
+    worker.join(60)
+    assert left == [0] and [n for _, n in calls] == ["train-b-seed1", "eval-b-seed1", "eval-a-seed1"]
+    assert run.done("train-a-seed1")["by"] == "the other process"
+    assert run.done("train-b-seed1")["started_alongside"] == ["train-a-seed1"]
+    assert "started_alongside" not in run.done("eval-a-seed1")
+    assert not list(run.stages.glob("*.lock"))
+
+
+def test_two_workers_share_a_run_directory(tmp_path):
+    """Two workers on one run directory run every stage exactly once between them, evaluations after their
+    trainings, and both find work."""
+    import threading
+
+    from experiments.stages import Run
+
+    runs = [_fixture_run(tmp_path)]
+    runs.append(Run(runs[0].out, runs[0].settings, progress=False))
+    names = [f"{kind}-arm{i}-seed1" for i in range(4) for kind in ("train", "eval")]
+    calls = []
+    for run in runs:
+        _fake_jobs(run, names, calls, seconds=0.2)
+    left = []
+    workers = [
+        threading.Thread(target=lambda r=r: left.append(r.run_all(poll_s=0.02)), name=f"w{i}")
+        for i, r in enumerate(runs)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert left == [0, 0]
+    ran = [n for _, n in calls]
+    assert sorted(ran) == sorted(names)
+    assert all(ran.index(f"train-arm{i}-seed1") < ran.index(f"eval-arm{i}-seed1") for i in range(4))
+    assert {w for w, _ in calls} == {"w0", "w1"}
+    assert not list(runs[0].stages.glob("*.lock"))
