@@ -5,11 +5,23 @@ kernel is decorated, so ``TRITON_INTERPRET=1`` is set only while ``bellm_kernels
 model tests and the subprocesses they start (CLI runs, torchrun, kill-and-resume) inherit no interpreter and use the
 fast reference path. bellm dispatches at call time (``bellm_kernels/_checks.py``: a CPU tensor runs the Triton
 kernel only when ``TRITON_INTERPRET=1``), so tests under ``tests/kernels/`` get the variable set for each test.
+
+Under pytest-xdist every worker uses ``cpu_count // workers`` torch threads (and so do the processes it starts).
 """
 
 import os
 
-import torch
+# Under pytest-xdist (the README's test command runs two workers), each worker gets its share of the cores, and so
+# do the processes it starts (CLI runs, torchrun): two workers that each spread torch over every core slow each
+# other down several-fold.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(_threads)
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -240,7 +240,9 @@ def test_report_reads_pytest_benchmark_json(tmp_path):
 
 def test_smoke_suite_end_to_end(tmp_path):
     """The CI path: the real modules' --smoke run, then the report, as subprocesses."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # let the runner choose
+    # let the runner choose the interpreter; drop pytest-xdist's worker variables, which would make the suite's
+    # own pytest session switch pytest-benchmark off
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_XDIST")}
     results_path, md = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke", "--output", str(results_path)],

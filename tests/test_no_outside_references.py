@@ -41,9 +41,32 @@ def _texts() -> list[tuple[str, Path, str]]:
         *sorted((REPO / "tests").rglob("*.py")),
     ]
     this = Path(__file__).resolve()
-    out = [(str(p.relative_to(REPO)), p.parent, p.read_text(encoding="utf-8")) for p in files if p != this]
+    ignored = _git_ignored(files)
+    files = [p for p in files if p != this and p not in ignored]
+    out = [(str(p.relative_to(REPO)), p.parent, p.read_text(encoding="utf-8")) for p in files]
     out += [(f"bellm {name} --help", REPO, text) for name, text in _help_texts().items()]
     return out
+
+
+def _git_ignored(files: list[Path]) -> set[Path]:
+    """The files git ignores (what a run writes into the working tree, e.g. a trained adapter's generated
+    README); empty without git or outside a git checkout."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["git", "check-ignore", "--stdin"],
+            input="\n".join(str(p.relative_to(REPO)) for p in files),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    if proc.returncode not in (0, 1):  # 1: nothing ignored; 128: not a git checkout
+        return set()
+    return {REPO / line for line in proc.stdout.splitlines() if line}
 
 
 def _help_texts() -> dict[str, str]:
