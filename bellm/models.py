@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -263,10 +264,12 @@ def _damaged(folder: Path, why: str) -> RuntimeError:
 def _cached_gguf_folder(gguf_path: Path, trust_remote_code: bool) -> Path | None:
     """The cache folder of ``gguf_path``, converting the GGUF into it first when it is not there yet.
 
-    The conversion is written to a temporary folder beside the final one and renamed into place with
-    ``os.replace``, so a half-written folder is never read; a writer that loses a race to another process
-    discards only its own temporary folder. Returns None (after a warning) when the cache cannot be written;
-    raises RuntimeError for a folder bellm did not complete.
+    Processes that load the same GGUF at once (torchrun ranks, test workers) convert it once: the converter
+    holds a lock (:func:`_one_converter`) and the others wait for it, then read its folder. The conversion is
+    written to a temporary folder beside the final one and renamed into place with ``os.replace``, so a
+    half-written folder is never read; a writer that loses a race anyway (no lock on this platform) discards only
+    its own temporary folder. Returns None (after a warning) when the cache cannot be written; raises
+    RuntimeError for a folder bellm did not complete.
     """
     identity = _gguf_identity(gguf_path)
     folder = _gguf_folder_of(identity)
@@ -275,11 +278,47 @@ def _cached_gguf_folder(gguf_path: Path, trust_remote_code: bool) -> Path | None
         return folder
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        with _one_converter(folder):
+            if folder.exists():  # another process converted it while this one waited
+                _check_record(folder, identity)
+                return folder
+            return _convert_into(gguf_path, identity, folder, trust_remote_code)
     except OSError as err:
         logger.warning("cannot write the converted-GGUF cache %s (%s); loading %s directly (slow every time; "
                        "set BELLM_CACHE to a writable folder)", folder, err, gguf_path)
         return None
+
+
+@contextlib.contextmanager
+def _one_converter(folder: Path):
+    """Hold an exclusive advisory lock (``fcntl.flock`` on the empty file ``.<folder name>.lock`` beside the
+    folder) while converting into ``folder``, waiting while another process holds it. The holder deletes the
+    file before letting go, so the cache keeps no lock files; a process that arrives just then locks a new file
+    and may convert beside one that waited on the old one, which only happens after a failed conversion and is
+    safe (the rename keeps one complete folder). Where ``fcntl`` does not exist (Windows) nothing is locked.
+    OSError when the lock file cannot be created."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = folder.parent / f".{folder.name}.lock"
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another process is converting into %s; waiting for it", folder)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _convert_into(gguf_path: Path, identity: dict, folder: Path, trust_remote_code: bool) -> Path | None:
+    """Convert into a temporary folder, then rename it to ``folder`` (None after a warning when that fails)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         _convert_gguf(gguf_path, identity, tmp, trust_remote_code)
         os.replace(tmp, folder)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -215,6 +216,43 @@ def test_a_writer_that_loses_the_race_discards_only_its_own_folder(tiny_gguf, ca
     assert_same_weights(model, direct)
 
 
+def test_loads_at_once_convert_once_and_the_others_wait(tiny_gguf, cache, monkeypatch, caplog):
+    """Two loads of one GGUF at once (threads here; processes lock the same way): the second waits for the
+    first's conversion and reads its folder instead of converting again."""
+    convert = bellm.models._convert_gguf
+    converters, converting, finish = [], threading.Event(), threading.Event()
+
+    def slow_convert(*args):
+        converters.append(threading.current_thread().name)
+        converting.set()
+        assert finish.wait(60)
+        convert(*args)
+
+    monkeypatch.setattr(bellm.models, "_convert_gguf", slow_convert)
+    models = {}
+
+    def load():
+        name = threading.current_thread().name
+        models[name] = load_model_and_tokenizer(tiny_gguf, device="cpu", dtype=torch.float32)[0]
+
+    first = threading.Thread(target=load, name="first")
+    second = threading.Thread(target=load, name="second")
+    with caplog.at_level(logging.INFO, logger="bellm.models"):
+        first.start()
+        assert converting.wait(60)
+        second.start()
+        second.join(1.0)
+        assert second.is_alive()  # waiting for the lock, not converting
+        finish.set()
+        first.join(60)
+        second.join(60)
+    assert converters == ["first"] and set(models) == {"first", "second"}
+    assert any("another process is converting" in r.getMessage() for r in caplog.records)
+    direct, _ = load_model_and_tokenizer(tiny_gguf, device="cpu", dtype=torch.float32, cache_gguf=False)
+    assert_same_weights(models["first"], direct)
+    assert_same_weights(models["second"], direct)
+
+
 def test_a_failed_conversion_leaves_nothing_behind(tiny_gguf, cache, monkeypatch):
     convert = bellm.models._convert_gguf
 
@@ -250,8 +288,11 @@ def test_the_key_follows_the_file(tiny_gguf, cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_smollm2_cache_matches_the_direct_load():
-    """The real GGUF through the user's cache (CI starts empty, so this converts and later tests read it)."""
+def test_real_smollm2_cache_matches_the_direct_load(monkeypatch):
+    """The real GGUF through the user's cache (CI starts empty, so this converts and later tests read it): the
+    cached folder loads bitwise the direct load's weights and tokenizer. When the cache is empty, its conversion
+    is handed the direct load (the very call it makes, as the tiny GGUF's tests check) instead of de-quantising
+    the GGUF a second time."""
     from bellm.models import default_data_dir, default_model
 
     try:
@@ -267,6 +308,15 @@ def test_real_smollm2_cache_matches_the_direct_load():
     texts = [r[-2] for r in rows] + [r[-1] for r in rows] + TEXTS
     kw = dict(device="cpu", dtype=torch.float32)
     direct, direct_tok = load_model_and_tokenizer(directory / name, causal_lm=True, cache_gguf=False, **kw)
+    load_transformers = bellm.models._load_transformers
+
+    def converted_already(path, gguf_file, torch_dtype, causal_lm, trust_remote_code):
+        if gguf_file is not None:  # the conversion's call: float32 causal LM, as the direct load above
+            assert (torch_dtype, causal_lm, trust_remote_code) == (torch.float32, True, False)
+            return direct, direct_tok
+        return load_transformers(path, gguf_file, torch_dtype, causal_lm, trust_remote_code)
+
+    monkeypatch.setattr(bellm.models, "_load_transformers", converted_already)
     cached_base, cached_tok = load_model_and_tokenizer(directory / name, **kw)
     cached_lm, _ = load_model_and_tokenizer(directory / name, causal_lm=True, **kw)
     assert (gguf_cache_folder(directory / name) / "bellm_gguf.json").is_file()
