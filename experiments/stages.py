@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,11 @@ from bellm.evaluate import to_jsonable
 from bellm.sts_data import TASKS, load_sts
 from experiments.settings import ReproduceError, Settings
 
+try:
+    import fcntl
+except ImportError:  # Windows: no stage locks (one process per run directory)
+    fcntl = None
+
 __all__ = ["Run", "choose_depths", "read_embedding_cache"]
 
 
@@ -32,6 +36,7 @@ class Run:
         self.settings = settings
         self.progress = progress
         self.stages = self.out / "stages"
+        self._held: dict = {}  # stage name -> its open lock file, while this process runs it
 
     # -- bookkeeping -------------------------------------------------------------------------------------
     def check_settings(self, write: bool = True) -> None:
@@ -651,36 +656,43 @@ class Run:
         return []
 
     def claim(self, name: str) -> bool:
-        """Take the lock ``stages/<name>.lock`` (created exclusively; it names the host and process) so that
-        no other process working on this run directory starts the same stage. A lock left by a process of
-        this host that is gone is taken over; one held by a live process, or written on another host, is
-        not. Returns whether this process now holds it (release with :meth:`release`)."""
-        path = self.stages / f"{name}.lock"
-        self.stages.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not _stale(path):
-                    return False
-                path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}, f)
+        """Lock ``stages/<name>.lock`` (an exclusive ``fcntl.flock``, held until :meth:`release`) so that no
+        other process working on this run directory starts the same stage. The operating system drops the lock
+        when its process ends, however it ends, so a lock is never stale. The files stay (git ignores them).
+        Returns whether this process now holds it; without ``fcntl`` (Windows) every claim succeeds: run one
+        process per run directory there."""
+        if fcntl is None:
             return True
-        return False
+        self.stages.mkdir(parents=True, exist_ok=True)
+        f = open(self.stages / f"{name}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._held[name] = f
+        return True
 
     def release(self, name: str) -> None:
-        (self.stages / f"{name}.lock").unlink(missing_ok=True)
+        f = self._held.pop(name, None)
+        if f is not None:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
     def running_elsewhere(self) -> list[str]:
-        """The stages other processes hold locks on now."""
-        mine = f"{socket.gethostname()}:{os.getpid()}"
+        """The stages another process holds now (:meth:`claim`)."""
         held = []
-        for path in sorted(self.stages.glob("*.lock")):
-            owner = _lock_owner(path)
-            if owner and f"{owner.get('host')}:{owner.get('pid')}" != mine and not _stale(path):
-                held.append(path.name[: -len(".lock")])
+        for path in sorted(self.stages.glob("*.lock")) if fcntl is not None else []:
+            name = path.name[: -len(".lock")]
+            if name in self._held:
+                continue
+            with open(path, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held.append(name)
+                else:
+                    fcntl.flock(f, fcntl.LOCK_UN)
         return held
 
     def run_all(self, stop_after_s: float | None = None, poll_s: float = 30.0) -> int:
@@ -736,8 +748,7 @@ class Run:
                     if elsewhere != waiting_for:
                         tqdm.write(
                             f"waiting: the {len(todo)} stage(s) left wait on {', '.join(elsewhere) or 'nothing'}"
-                            f", running in another process (a lock of a process that is gone: delete "
-                            f"{self.stages}/<stage>.lock)"
+                            ", running in another process"
                         )
                         waiting_for = elsewhere
                     time.sleep(poll_s)
@@ -860,26 +871,3 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _lock_owner(path: Path) -> dict | None:
-    """The ``{"host", "pid", "started"}`` a stage lock names (None while it is being written or unreadable)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _stale(path: Path) -> bool:
-    """Whether a stage lock was left by a process of this host that no longer runs. A lock still being
-    written (empty for a moment) or written on another host is never stale."""
-    owner = _lock_owner(path)
-    if not owner or owner.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False

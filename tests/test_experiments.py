@@ -266,31 +266,45 @@ def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
     assert "sampled and the every-pair scores" in text
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+class _OtherProcess:
+    """A separate process that holds a stage's lock (as another worker would) until :meth:`end`."""
+
+    def __init__(self, lock: Path):
+        code = (
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True);"
+            " sys.stdin.readline()"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def end(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+        self.proc.wait(60)
 
 
-def test_stage_locks_are_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
-    import socket
+def test_stage_locks_are_exclusive_and_die_with_their_process(tmp_path):
+    from experiments.stages import Run
 
     run = _fixture_run(tmp_path)
-    lock = run.stages / "train-x-seed1.lock"
-    assert run.claim("train-x-seed1") and json.loads(lock.read_text())["pid"] == os.getpid()
-    assert not run.claim("train-x-seed1")  # held by a live process (this one)
+    other_run = Run(run.out, run.settings, progress=False)  # another worker (its own open lock file)
+    assert run.claim("train-x-seed1")
+    assert not other_run.claim("train-x-seed1")
+    assert other_run.running_elsewhere() == ["train-x-seed1"] and run.running_elsewhere() == []
     run.release("train-x-seed1")
-    assert not lock.exists()
-    host = socket.gethostname()
-    lock.write_text(json.dumps({"host": host, "pid": _dead_pid(), "started": 0}))
-    assert run.running_elsewhere() == []
-    assert run.claim("train-x-seed1") and json.loads(lock.read_text())["pid"] == os.getpid()
-    # a lock written on another host, and one still being written, are respected
-    for foreign in ({"host": host + "-other", "pid": _dead_pid(), "started": 0}, None):
-        lock.write_text("" if foreign is None else json.dumps(foreign))
-        assert not run.claim("train-x-seed1")
-    lock.write_text(json.dumps({"host": host, "pid": os.getppid(), "started": 0}))
-    assert run.running_elsewhere() == ["train-x-seed1"]
+    assert other_run.claim("train-x-seed1") and not run.claim("train-x-seed1")
+    other_run.release("train-x-seed1")
+
+    other = _OtherProcess(run.stages / "train-y-seed1.lock")
+    assert not run.claim("train-y-seed1") and run.running_elsewhere() == ["train-y-seed1"]
+    other.end(kill=True)  # killed part-way: its lock goes with it
+    assert run.running_elsewhere() == [] and run.claim("train-y-seed1")
+    run.release("train-y-seed1")
 
 
 def test_stage_needs():
@@ -323,7 +337,6 @@ def _fake_jobs(run, names, calls, seconds=0.0):
 def test_a_worker_skips_stages_held_elsewhere_and_waits_for_their_inputs(tmp_path):
     """A stage locked by another live process is not run; the evaluation that needs it waits until it is done,
     while the independent stages run meanwhile."""
-    import socket
     import threading
     import time
 
@@ -331,8 +344,7 @@ def test_a_worker_skips_stages_held_elsewhere_and_waits_for_their_inputs(tmp_pat
     names = ["train-a-seed1", "eval-a-seed1", "train-b-seed1", "eval-b-seed1"]
     calls = []
     _fake_jobs(run, names, calls)
-    lock = run.stages / "train-a-seed1.lock"
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": 0}))
+    other = _OtherProcess(run.stages / "train-a-seed1.lock")
     left = []
     worker = threading.Thread(target=lambda: left.append(run.run_all(poll_s=0.02)), name="w")
     worker.start()
@@ -342,13 +354,12 @@ def test_a_worker_skips_stages_held_elsewhere_and_waits_for_their_inputs(tmp_pat
     time.sleep(0.1)
     assert [n for _, n in calls] == ["train-b-seed1", "eval-b-seed1"] and worker.is_alive()
     run.stage("train-a-seed1", lambda: {"by": "the other process"})  # the other process finishes it
-    lock.unlink()
+    other.end()
     worker.join(60)
     assert left == [0] and [n for _, n in calls] == ["train-b-seed1", "eval-b-seed1", "eval-a-seed1"]
     assert run.done("train-a-seed1")["by"] == "the other process"
     assert run.done("train-b-seed1")["started_alongside"] == ["train-a-seed1"]
     assert "started_alongside" not in run.done("eval-a-seed1")
-    assert not list(run.stages.glob("*.lock"))
 
 
 def test_two_workers_share_a_run_directory(tmp_path):
@@ -378,4 +389,4 @@ def test_two_workers_share_a_run_directory(tmp_path):
     assert sorted(ran) == sorted(names)
     assert all(ran.index(f"train-arm{i}-seed1") < ran.index(f"eval-arm{i}-seed1") for i in range(4))
     assert {w for w, _ in calls} == {"w0", "w1"}
-    assert not list(runs[0].stages.glob("*.lock"))
+    assert runs[0].running_elsewhere() == [] and not runs[0]._held and not runs[1]._held
