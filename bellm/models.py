@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,16 +203,25 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+# transformers' from_pretrained swaps class attributes while it builds a model (``PreTrainedModel.init_weights``,
+# ``tie_weights``, torch's init functions) and puts them back afterwards; two loads at once in one process can
+# leave them swapped for good (later loads then keep tied weights such as lm_head on the meta device). Loads
+# through bellm in one process therefore take turns.
+_TRANSFORMERS_LOAD_LOCK = threading.Lock()
+
+
 def _load_transformers(path, gguf_file, torch_dtype, causal_lm: bool, trust_remote_code: bool):
-    """``(model, tokenizer)`` through transformers' Auto classes (a GGUF de-quantises here: slow), on CPU."""
+    """``(model, tokenizer)`` through transformers' Auto classes (a GGUF de-quantises here: slow), on CPU. One
+    load at a time per process (:data:`_TRANSFORMERS_LOAD_LOCK`)."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
-    model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs)
+    with _TRANSFORMERS_LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        model = auto.from_pretrained(str(path), dtype=torch_dtype, **kwargs)
     return model, tokenizer
 
 

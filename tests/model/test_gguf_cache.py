@@ -216,9 +216,21 @@ def test_a_writer_that_loses_the_race_discards_only_its_own_folder(tiny_gguf, ca
     assert_same_weights(model, direct)
 
 
+def _transformers_class_state():
+    """What transformers' from_pretrained swaps while it loads and must put back (see models.py)."""
+    from transformers import PreTrainedModel
+
+    return {name: getattr(PreTrainedModel, name) for name in ("init_weights", "tie_weights", "_init_weights")} | {
+        name: getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_", "zeros_")
+    }
+
+
 def test_loads_at_once_convert_once_and_the_others_wait(tiny_gguf, cache, monkeypatch, caplog):
     """Two loads of one GGUF at once (threads here; processes lock the same way): the second waits for the
-    first's conversion and reads its folder instead of converting again."""
+    first's conversion and reads its folder instead of converting again. The two loads of the folder that follow
+    take turns: transformers' loading swaps class attributes, and overlapping loads would leave them swapped (later
+    loads then keep a tied lm_head on the meta device)."""
+    before = _transformers_class_state()
     convert = bellm.models._convert_gguf
     converters, converting, finish = [], threading.Event(), threading.Event()
 
@@ -251,6 +263,42 @@ def test_loads_at_once_convert_once_and_the_others_wait(tiny_gguf, cache, monkey
     direct, _ = load_model_and_tokenizer(tiny_gguf, device="cpu", dtype=torch.float32, cache_gguf=False)
     assert_same_weights(models["first"], direct)
     assert_same_weights(models["second"], direct)
+    assert _transformers_class_state() == before
+
+
+def test_loads_in_one_process_take_turns(tiny_gguf, cache, monkeypatch):
+    """Two threads loading at once never overlap inside transformers' from_pretrained: each load waits up to
+    0.5 s there for the other to come in, which only the lock keeps out."""
+    import transformers
+
+    load_model_and_tokenizer(tiny_gguf, device="cpu")  # converts: both loads below read the folder
+    original = transformers.AutoModel.from_pretrained  # what load_model_and_tokenizer uses by default
+    inside, most_inside, other_came_in, guard = [0], [0], threading.Event(), threading.Lock()
+
+    def from_pretrained(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+            if inside[0] == 2:
+                other_came_in.set()
+        other_came_in.wait(0.5)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", from_pretrained)
+    before = _transformers_class_state()
+    loaded = []
+    threads = [threading.Thread(target=lambda: loaded.append(load_model_and_tokenizer(tiny_gguf, device="cpu")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(loaded) == 2 and most_inside[0] == 1
+    assert _transformers_class_state() == before
 
 
 def test_a_failed_conversion_leaves_nothing_behind(tiny_gguf, cache, monkeypatch):
