@@ -680,11 +680,12 @@ class Run:
             f.close()
 
     def running_elsewhere(self) -> list[str]:
-        """The stages another process holds now (:meth:`claim`)."""
+        """The stages another process holds now (:meth:`claim`) and has not finished: a process writes a stage's
+        result before it lets go of the lock, and a finished stage is not running alongside anything."""
         held = []
         for path in sorted(self.stages.glob("*.lock")) if fcntl is not None else []:
             name = path.name[: -len(".lock")]
-            if name in self._held:
+            if name in self._held or (self.stages / f"{name}.json").is_file():
                 continue
             with open(path, "a") as f:
                 try:

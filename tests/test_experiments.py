@@ -353,7 +353,9 @@ def test_a_worker_skips_stages_held_elsewhere_and_waits_for_their_inputs(tmp_pat
         time.sleep(0.02)
     time.sleep(0.1)
     assert [n for _, n in calls] == ["train-b-seed1", "eval-b-seed1"] and worker.is_alive()
-    run.stage("train-a-seed1", lambda: {"by": "the other process"})  # the other process finishes it
+    assert run.running_elsewhere() == ["train-a-seed1"]
+    run.stage("train-a-seed1", lambda: {"by": "the other process"})  # the other process finishes it ...
+    assert run.running_elsewhere() == []  # ... and is not running it any more, though it still holds the lock
     other.end()
     worker.join(60)
     assert left == [0] and [n for _, n in calls] == ["train-b-seed1", "eval-b-seed1", "eval-a-seed1"]

@@ -167,11 +167,11 @@ def test_read_only_output_folder_fails_before_the_model_loads(tmp_path, tiny_dir
         ("bad.txt.gz", b"not gzip at all\n", r"bad\.txt\.gz: damaged or truncated gzip file"),
         (
             "cut.jsonl.gz",
-            gzip.compress(b'{"text": "a"}\n' * 200)[:-30],
+            gzip.compress(b'{"text": "a"}\n' * 200, mtime=0)[:-30],
             r"cut\.jsonl\.gz: damaged or truncated",
         ),
         ("latin.txt", b"fine\nalso fine\ncaf\xe9\n", r"latin\.txt:3: not valid UTF-8"),
-        ("latin.tsv.gz", gzip.compress(b"text\nok\ncaf\xe9\n"), r"latin\.tsv\.gz:3: not valid UTF-8"),
+        ("latin.tsv.gz", gzip.compress(b"text\nok\ncaf\xe9\n", mtime=0), r"latin\.tsv\.gz:3: not valid UTF-8"),
     ],
 )
 def test_damaged_inputs_are_one_line_errors_naming_file_and_line(tmp_path, name, content, match):
