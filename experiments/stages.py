@@ -111,8 +111,12 @@ class Run:
                 "same model and data, or pass another --output"
             )
 
+    def result_path(self, name: str) -> Path:
+        """``stages/<name>.json``: a stage's result, written (atomically) once the stage has finished."""
+        return self.stages / f"{name}.json"
+
     def done(self, name: str) -> dict | None:
-        path = self.stages / f"{name}.json"
+        path = self.result_path(name)
         return json.loads(path.read_text()) if path.is_file() else None
 
     def stage(self, name: str, fn, redo: bool = False) -> dict:
@@ -131,7 +135,7 @@ class Run:
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         result["torch_threads"] = _threads()
         result = self.portable(to_jsonable(result))
-        atomic_write_json(self.stages / f"{name}.json", result)
+        atomic_write_json(self.result_path(name), result)
         return result
 
     def portable(self, obj):
@@ -685,7 +689,7 @@ class Run:
         held = []
         for path in sorted(self.stages.glob("*.lock")) if fcntl is not None else []:
             name = path.name[: -len(".lock")]
-            if name in self._held or (self.stages / f"{name}.json").is_file():
+            if name in self._held or self.result_path(name).is_file():
                 continue
             with open(path, "a") as f:
                 try:
