@@ -243,8 +243,57 @@ def _full_check(run: Run, d: dict) -> tuple[list[str], list[str]]:
     ]
 
 
-def _depth_reading(run: Run, d: dict, comps: list[tuple[str, dict]]) -> list[str]:
+def _plain_summary(run: Run, d: dict, comps: list[tuple[str, dict]]) -> tuple[list[str], list[str]]:
+    """The depths grouped by verdict (deepest first) and the depths whose sign only the test-pair bootstrap
+    settles; and, apart, what the mean-pooling pair says about the released last-layer setting. Empty lists
+    before any pair."""
+    k_of = {a["name"]: a["from_layer"] for a in depth_arms(run, d)}
+    depths = sorted(
+        (c for _, c in comps if c["ref"] == "causal" and c["arm"] in k_of), key=lambda c: -k_of[c["arm"]]
+    )
+    mean_pair = next((c for _, c in comps if c["ref"] == "causal-mean"), None)
+    groups: dict[str, list[str]] = {"helps": [], "hurts": [], "indistinguishable": [], "undecided": []}
+    boot_only = []
+    for c in depths:
+        v, boot = verdict(c), c["bootstrap"]
+        groups[v].append(f"k={k_of[c['arm']]} ({_pm(c['mean'], c['se'])}, {len(c['seeds'])} seeds)")
+        if v == "indistinguishable" and boot and (boot["lo"] > 0 or boot["hi"] < 0):
+            boot_only.append(f"k={k_of[c['arm']]}")
+    titles = {
+        "helps": "helps",
+        "hurts": "hurts",
+        "indistinguishable": "indistinguishable from causal",
+        "undecided": "undecided (fewer than 3 paired seeds)",
+    }
     lines = []
+    if depths:
+        lines.append(
+            f"- **In plain words**, trained bidirectional from layer k against causal at this scale and budget "
+            f"({run.total_steps()} steps): "
+            + "; ".join(
+                f"{titles[v]}: {', '.join(items) if items else 'none'}" for v, items in groups.items()
+            )
+            + "."
+        )
+    if boot_only:
+        lines.append(
+            f"- For {' and '.join(boot_only)} the test-pair bootstrap alone excludes zero, but the difference "
+            "varies so much from seed to seed that the t interval over seeds does not: these seeds do not "
+            "establish its sign."
+        )
+    released = []
+    if mean_pair is not None:
+        released.append(
+            "- For the released last-layer setting: with last-token pooling the last layer cannot change the pooled "
+            "token; where it can act, with mean pooling, making it bidirectional changes the score by "
+            f"{_pm(mean_pair['mean'], mean_pair['se'])} points over {len(mean_pair['seeds'])} paired seed(s) "
+            f"against the causal mean-pooling control: **{verdict(mean_pair)}**."
+        )
+    return lines, released
+
+
+def _depth_reading(run: Run, d: dict, comps: list[tuple[str, dict]]) -> list[str]:
+    lines, released = _plain_summary(run, d, comps)
     for label, c in comps:
         boot = c["bootstrap"]
         lines.append(
@@ -266,7 +315,7 @@ def _depth_reading(run: Run, d: dict, comps: list[tuple[str, dict]]) -> list[str
             f"measured, it differs by at most {max(diffs):.4f} points on any set ({DOC}, section 1). Only the "
             "depths above and the mean-pooling pair say what bidirectionality does where it can act."
         )
-    return lines
+    return lines + released
 
 
 def depth_sections(run: Run, d: dict, tp: dict, asset_dir: Path) -> list[str]:

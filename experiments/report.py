@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,7 +38,8 @@ def write_report(run: Run, path: Path | None = None) -> Path:
     cmds = (
         json.loads((run.out / "commands.json").read_text()) if (run.out / "commands.json").is_file() else []
     )
-    wall = sum((run.done(n) or {}).get("seconds", 0.0) for n in status["names"])
+    done = [run.done(n) or {} for n in status["names"]]
+    wall = sum(r.get("seconds", 0.0) for r in done)
     text = TEMPLATE.read_text(encoding="utf-8").format(
         smoke_banner=_smoke_banner(run),
         status=f"{status['done']} of {status['total']} stages done" + _partial_note(run, status),
@@ -59,7 +61,7 @@ def write_report(run: Run, path: Path | None = None) -> Path:
             else f"seeds {s.seeds} (headline pair), {s.seeds[0]} (other arms)"
         ),
         sampled=f"; **only {s.eval_max_pairs} sampled pairs per set**" if s.eval_max_pairs else "",
-        commands="\n".join(["```", *(c["command"] for c in cmds[-5:]), "```"]),
+        commands=_commands_block(cmds),
         versions=", ".join(f"{k} {v}" for k, v in _versions().items()),
         throughput=(
             f"- Throughput measured by the plan stage: encode {plan['encode_sentences_per_s']:.1f} sentences/s, "
@@ -68,9 +70,40 @@ def write_report(run: Run, path: Path | None = None) -> Path:
             else ""
         ),
         wall=_hms(wall),
+        cpu=_cpu_note(done),
     )
     atomic_write_text(path, text)
     return path
+
+
+def _cpu_note(done: list[dict]) -> str:
+    """``; CPU time at most ...``: each timed stage's wall time x its torch threads, summed (an upper bound, as
+    a thread may wait); over the stages that record their threads, saying so when not all do."""
+    timed = [r for r in done if "seconds" in r]
+    known = [r for r in timed if "torch_threads" in r]
+    if not known:
+        return ""
+    cpu = _hms(sum(r["seconds"] * r["torch_threads"] for r in known))
+    scope = (
+        "" if len(known) == len(timed) else f" for the {len(known)} of {len(timed)} stages that record them"
+    )
+    return f"; CPU time at most {cpu} (each stage's wall time x its torch threads{scope})"
+
+
+def _commands_block(cmds: list[dict]) -> str:
+    """The distinct commands of ``commands.json`` in first-use order, each with how often and when it ran.
+    ``--stop-after N`` only bounds a sitting, so its value is shown as ``<minutes>`` and such sittings count
+    as one command."""
+    seen: dict[str, list[str]] = {}
+    for c in cmds:
+        line = re.sub(r"--stop-after[ =]\S+", "--stop-after <minutes>", c["command"])
+        seen.setdefault(line, []).append(c.get("started", ""))
+    lines = []
+    for line, started in seen.items():
+        when = started[0] if len(started) == 1 else f"{started[0]} to {started[-1]}"
+        runs = "run once" if len(started) == 1 else f"run {len(started)} times"
+        lines.append(f"{line}    # {runs}, {when}".rstrip(", "))
+    return "\n".join(["```", *lines, "```"])
 
 
 def _partial_note(run: Run, status: dict) -> str:
@@ -486,7 +519,10 @@ def format_plan(run: Run, est: dict) -> str:
             f"  longer budget (causal + best depth, {s.long_seeds} seeds; set: {s.long_multiple}x): "
             + ", ".join(f"{m}x {_hms(sec)}" for m, sec in enumerate(per_multiple, 1))
         )
-    lines.append(f"  estimated full run: {_hms(est['total_s'])}; remaining: {_hms(est['remaining_s'])}")
+    lines.append(
+        f"  estimated full run: {_hms(est['total_s'])}; remaining: {_hms(est['remaining_s'])} "
+        f"(one process with {p['cpu_threads']} torch threads on this machine)"
+    )
     return "\n".join(lines)
 
 

@@ -202,9 +202,11 @@ class Run:
     def base(self) -> dict:
         """The materialised model; made again when its folder is gone (a run directory from git: the weights
         are not committed)."""
-        done = self.done("base")
-        redo = done is not None and not self.resolve(done["path"]).exists()
-        return self.stage("base", self._materialise, redo=redo)
+
+        def gone(done: dict) -> bool:
+            return not self.resolve(done["path"]).exists()
+
+        return self.shared_stage("base", self._materialise, redo_if=gone)
 
     @property
     def base_path(self) -> str:
@@ -478,7 +480,7 @@ class Run:
             json_path, png_path = result.save(self.out / "turning_point")
             return {"curve": result.to_dict(), "design": d, "json": str(json_path), "png": str(png_path)}
 
-        return self.stage("turning_point", run)
+        return self.shared_stage("turning_point", run)
 
     def _sweep(self, model, tokenizer, d: dict) -> dict:
         """STS-B dev Spearman of the final embedding with layers >= k bidirectional, for the arms' k."""
@@ -508,7 +510,7 @@ class Run:
         return self.stage("sweep", run)
 
     def plan(self) -> dict:
-        return self.stage("plan", self._measure)
+        return self.shared_stage("plan", self._measure)
 
     def _measure(self) -> dict:
         """Measured throughput: encode (sentences/s on a spread of evaluation sentences) and train
@@ -659,18 +661,33 @@ class Run:
             return [n for n in order[: order.index(name)] if n.startswith("eval-")]
         return []
 
-    def claim(self, name: str) -> bool:
+    def shared_stage(self, name: str, fn, redo_if=None) -> dict:
+        """:meth:`stage` for a stage every worker needs before its own work (``base``, ``plan``,
+        ``turning_point``): the first process runs it while the others wait on its lock, then read its result
+        instead of running it too. ``redo_if(result) -> bool``: a finished result to make again (the base
+        model's folder is gone on a new machine)."""
+        done = self.done(name)
+        if done is not None and not (redo_if and redo_if(done)):
+            return done
+        self.claim(name, wait=True)
+        try:
+            done = self.done(name)  # as another process may have left it
+            return self.stage(name, fn, redo=done is not None and bool(redo_if and redo_if(done)))
+        finally:
+            self.release(name)
+
+    def claim(self, name: str, wait: bool = False) -> bool:
         """Lock ``stages/<name>.lock`` (an exclusive ``fcntl.flock``, held until :meth:`release`) so that no
         other process working on this run directory starts the same stage. The operating system drops the lock
         when its process ends, however it ends, so a lock is never stale. The files stay (git ignores them).
-        Returns whether this process now holds it; without ``fcntl`` (Windows) every claim succeeds: run one
-        process per run directory there."""
+        Returns whether this process now holds it (``wait``: block until it does); without ``fcntl`` (Windows)
+        every claim succeeds: run one process per run directory there."""
         if fcntl is None:
             return True
         self.stages.mkdir(parents=True, exist_ok=True)
         f = open(self.stages / f"{name}.lock", "a")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
             return False
@@ -734,8 +751,25 @@ class Run:
                 if not todo:
                     return 0
                 if stop_after_s is not None and time.monotonic() - t_start > stop_after_s:
+                    elsewhere = set(self.running_elsewhere())
+                    nxt = next(
+                        (
+                            n
+                            for n, _ in todo
+                            if n not in elsewhere
+                            and all(self.done(p) is not None for p in self.needs(n, order))
+                        ),
+                        None,
+                    )
                     tqdm.write(
-                        f"stopping before {todo[0][0]}: --stop-after reached; rerun the same command to resume"
+                        (f"stopping before {nxt}" if nxt else "stopping")
+                        + ": --stop-after reached"
+                        + (
+                            f" ({', '.join(sorted(elsewhere))} running in another process)"
+                            if elsewhere
+                            else ""
+                        )
+                        + "; rerun the same command to resume"
                     )
                     return len(todo)
                 bar.total = bar.n + round(sum(est.get(n, 60.0) for n, _ in todo))

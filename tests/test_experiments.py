@@ -366,17 +366,20 @@ def test_a_worker_skips_stages_held_elsewhere_and_waits_for_their_inputs(tmp_pat
 
 def test_two_workers_share_a_run_directory(tmp_path):
     """Two workers on one run directory run every stage exactly once between them, evaluations after their
-    trainings, and both find work."""
+    trainings, and both find work; the base model, which both need first (its folder is not in the fixture, as
+    on a new machine), is made by one while the other waits."""
     import threading
 
     from experiments.stages import Run
 
     runs = [_fixture_run(tmp_path)]
     runs.append(Run(runs[0].out, runs[0].settings, progress=False))
+    assert not runs[0].resolve(runs[0].done("base")["path"]).exists()
     names = [f"{kind}-arm{i}-seed1" for i in range(4) for kind in ("train", "eval")]
-    calls = []
+    calls, materialised = [], []
     for run in runs:
         _fake_jobs(run, names, calls, seconds=0.2)
+        run._materialise = lambda make=run._materialise: materialised.append(1) or make()
     left = []
     workers = [
         threading.Thread(target=lambda r=r: left.append(r.run_all(poll_s=0.02)), name=f"w{i}")
@@ -392,3 +395,23 @@ def test_two_workers_share_a_run_directory(tmp_path):
     assert all(ran.index(f"train-arm{i}-seed1") < ran.index(f"eval-arm{i}-seed1") for i in range(4))
     assert {w for w, _ in calls} == {"w0", "w1"}
     assert runs[0].running_elsewhere() == [] and not runs[0]._held and not runs[1]._held
+    assert materialised == [1] and runs[1].resolve(runs[1].done("base")["path"]).is_dir()
+
+
+def test_stop_after_names_the_next_stage_this_worker_would_run(tmp_path, capsys):
+    """Past ``--stop-after`` a worker starts nothing and names the first stage it would have taken: not one
+    that another process is running, nor one that waits on it."""
+    run = _fixture_run(tmp_path)
+    names = ["train-a-seed1", "eval-a-seed1", "train-b-seed1"]
+    calls = []
+    _fake_jobs(run, names, calls)
+    other = _OtherProcess(run.stages / "train-a-seed1.lock")
+    try:
+        assert run.run_all(stop_after_s=-1.0) == 3 and calls == []
+    finally:
+        other.end()
+    message = capsys.readouterr().out.strip().splitlines()[-1]
+    assert message == (
+        "stopping before train-b-seed1: --stop-after reached (train-a-seed1 running in another process); "
+        "rerun the same command to resume"
+    )

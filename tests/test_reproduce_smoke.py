@@ -243,6 +243,24 @@ def test_pair_bootstrap_is_paired_and_signed(smoke, tmp_path):
     assert rep.pair_bootstrap(rep.Run(copy, settings, progress=False), d, seeds) is None  # no cache: no claim
 
 
+def test_commands_block_counts_sittings_once_per_command():
+    from experiments.report import _commands_block
+
+    base = "python experiments/reproduce.py --depth-study --output runs/d"
+    cmds = [
+        {"command": f"{base} --plan", "started": "2026-12-01 10:00:00"},
+        {"command": f"{base} --stop-after 60", "started": "2026-12-01 10:05:00"},
+        {"command": f"{base} --stop-after=5", "started": "2026-12-01 12:00:00"},
+    ]
+    assert _commands_block(cmds).splitlines() == [
+        "```",
+        f"{base} --plan    # run once, 2026-12-01 10:00:00",
+        f"{base} --stop-after <minutes>    # run 2 times, 2026-12-01 10:05:00 to 2026-12-01 12:00:00",
+        "```",
+    ]
+    assert _commands_block([]) == "```\n```"
+
+
 def test_row_spearman_matches_scipy():
     import numpy as np
     from scipy.stats import spearmanr
@@ -340,6 +358,10 @@ def test_depth_study_report_shows_only_finished_stages(depth_smoke, tmp_path):
         assert heading in text, heading
     assert (depth_smoke / "results_assets" / "delta_vs_k.png").stat().st_size > 1000
     assert "causal − causal" not in text and "from_layer=-1 (29), mean pooling − causal, mean pooling" in text
+    assert (
+        "**In plain words**" in text and "undecided (fewer than 3 paired seeds): k=" in text
+    )  # 1 to 2 seeds
+    assert "- For the released last-layer setting:" in text and "CPU time at most" in text
     partial = tmp_path / "run"
     shutil.copytree(depth_smoke, partial)
     for p in (partial / "stages").glob("*.json"):
