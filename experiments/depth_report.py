@@ -81,7 +81,8 @@ def _paired_tables(comps: list[tuple[str, dict]]) -> list[str]:
 
 def delta_vs_k_figure(points: list[dict], turning_point: int, num_layers: int, path: Path) -> Path:
     """Δ(k): the trained paired difference against causal (mean ± SE over seeds; points without an SE drawn
-    hollow) for each depth ``k``, with the untrained turning point marked."""
+    hollow; each seed's difference as a small grey dot beside it) for each depth ``k``, with the untrained
+    turning point marked. ``points``: dicts with ``k``, ``mean``, ``se`` (None below 2 seeds), ``n``, ``deltas``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +97,15 @@ def delta_vs_k_figure(points: list[dict], turning_point: int, num_layers: int, p
         lw=1,
         label=f"untrained turning point (layer {turning_point})",
     )
-    for p in points:
+    for i, p in enumerate(points):
+        ax.scatter(
+            [p["k"] + 0.35] * len(p["deltas"]),
+            p["deltas"],
+            s=10,
+            color="0.55",
+            zorder=1,
+            label="per seed" if i == 0 else None,
+        )
         filled = p["se"] is not None
         ax.errorbar(
             p["k"],
@@ -107,8 +116,10 @@ def delta_vs_k_figure(points: list[dict], turning_point: int, num_layers: int, p
             mfc="tab:blue" if filled else "white",
             capsize=4,
         )
-        ax.annotate(f"n={p['n']}", (p["k"], p["mean"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_xlim(-1, num_layers + 1)
+        ax.annotate(
+            f"n={p['n']}", (p["k"], p["mean"]), textcoords="offset points", xytext=(-30, 4), fontsize=8
+        )
+    ax.set_xlim(-4, num_layers + 1)
     ax.set_xlabel("k (layers k..L-1 bidirectional)")
     ax.set_ylabel("trained Δ vs causal (7-set avg., Spearman x 100)")
     ax.set_title("Δ(k): mean ± SE over paired seeds")
@@ -127,7 +138,14 @@ def _delta_k(run: Run, d: dict, tp: dict, comps: dict, asset_dir: Path) -> list[
         c = comps.get(arm["name"])
         if c is not None:
             points.append(
-                {"k": arm["from_layer"], "mean": c["mean"], "se": c["se"], "n": len(c["seeds"]), "c": c}
+                {
+                    "k": arm["from_layer"],
+                    "mean": c["mean"],
+                    "se": c["se"],
+                    "n": len(c["seeds"]),
+                    "deltas": c["deltas"],
+                    "c": c,
+                }
             )
     lines = ["## 5. Δ(k): where bidirectionality can act", ""]
     if not points:
