@@ -16,6 +16,7 @@ __all__ = ["depth_sections", "comparisons", "delta_vs_k_figure"]
 
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
 DOC = "[docs/bidirectional.md](docs/bidirectional.md)"
+_POOLING = {"last": "last-token pooling", "mean": "mean pooling"}
 
 
 def _pm(mean: float | None, se: float | None) -> str:
@@ -312,13 +313,17 @@ def _plain_summary(run: Run, d: dict, comps: list[tuple[str, dict]]) -> tuple[li
 
 def _depth_reading(run: Run, d: dict, comps: list[tuple[str, dict]]) -> list[str]:
     lines, released = _plain_summary(run, d, comps)
+    pooling = {a["name"]: a["pooling"] for a in run.arms(d)}
     for label, c in comps:
         boot = c["bootstrap"]
+        a, r = pooling[c["arm"]], pooling[c["ref"]]
         lines.append(
             f"- {label}: {_pm(c['mean'], c['se'])} points over {len(c['seeds'])} paired seed(s), ahead in "
             f"{c['ahead']}; t interval {_interval(c['t_interval'])}, test-pair bootstrap "
             f"{_interval((boot['lo'], boot['hi'])) if boot else 'n/a'}: **{verdict(c)}**"
-            + (" at this scale and budget." if verdict(c) in ("helps", "hurts", "indistinguishable") else ".")
+            + (" at this scale and budget" if verdict(c) in ("helps", "hurts", "indistinguishable") else "")
+            + (f" (the pooling differs: {_POOLING.get(a, a)} against {_POOLING.get(r, r)})" if a != r else "")
+            + "."
         )
     c, i = run.done("untrained-causal"), run.done("untrained-identity-last")
     L = d["num_layers"]

@@ -362,6 +362,7 @@ def test_depth_study_report_shows_only_finished_stages(depth_smoke, tmp_path):
         "**In plain words**" in text and "undecided (fewer than 3 paired seeds): k=" in text
     )  # 1 to 2 seeds
     assert "- For the released last-layer setting:" in text and "CPU time at most" in text
+    assert "(the pooling differs: mean pooling against last-token pooling)." in text
     partial = tmp_path / "run"
     shutil.copytree(depth_smoke, partial)
     for p in (partial / "stages").glob("*.json"):
