@@ -275,7 +275,8 @@ def _plain_summary(run: Run, d: dict, comps: list[tuple[str, dict]]) -> tuple[li
     boot_only = []
     for c in depths:
         v, boot = verdict(c), c["bootstrap"]
-        groups[v].append(f"k={k_of[c['arm']]} ({_pm(c['mean'], c['se'])}, {len(c['seeds'])} seeds)")
+        n = len(c["seeds"])
+        groups[v].append(f"k={k_of[c['arm']]} ({_pm(c['mean'], c['se'])}, {n} seed{'s' if n != 1 else ''})")
         if v == "indistinguishable" and boot and (boot["lo"] > 0 or boot["hi"] < 0):
             boot_only.append(f"k={k_of[c['arm']]}")
     titles = {
