@@ -4,6 +4,7 @@ finishes and is skipped when that file exists (see :mod:`experiments` for the li
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -666,15 +667,23 @@ class Run:
         ``turning_point``): the first process runs it while the others wait on its lock, then read its result
         instead of running it too. ``redo_if(result) -> bool``: a finished result to make again (the base
         model's folder is gone on a new machine)."""
+
+        def to_make(done: dict | None) -> bool:
+            return done is None or bool(redo_if and redo_if(done))
+
         done = self.done(name)
-        if done is not None and not (redo_if and redo_if(done)):
+        if not to_make(done):
             return done
         self.claim(name, wait=True)
         try:
             done = self.done(name)  # as another process may have left it
-            return self.stage(name, fn, redo=done is not None and bool(redo_if and redo_if(done)))
+            return self.stage(name, fn, redo=True) if to_make(done) else done
         finally:
             self.release(name)
+
+    def inputs_done(self, name: str, order: list[str]) -> bool:
+        """Whether every stage ``name`` needs (:meth:`needs`, in run order ``order``) has finished."""
+        return all(self.done(p) is not None for p in self.needs(name, order))
 
     def claim(self, name: str, wait: bool = False) -> bool:
         """Lock ``stages/<name>.lock`` (an exclusive ``fcntl.flock``, held until :meth:`release`) so that no
@@ -750,17 +759,10 @@ class Run:
                 todo = [(n, f) for n, f in jobs if self.done(n) is None]
                 if not todo:
                     return 0
+                inputs_done = functools.partial(self.inputs_done, order=order)
                 if stop_after_s is not None and time.monotonic() - t_start > stop_after_s:
                     elsewhere = set(self.running_elsewhere())
-                    nxt = next(
-                        (
-                            n
-                            for n, _ in todo
-                            if n not in elsewhere
-                            and all(self.done(p) is not None for p in self.needs(n, order))
-                        ),
-                        None,
-                    )
+                    nxt = next((n for n, _ in todo if n not in elsewhere and inputs_done(n)), None)
                     tqdm.write(
                         (f"stopping before {nxt}" if nxt else "stopping")
                         + ": --stop-after reached"
@@ -774,14 +776,7 @@ class Run:
                     return len(todo)
                 bar.total = bar.n + round(sum(est.get(n, 60.0) for n, _ in todo))
                 bar.refresh()
-                job = next(
-                    (
-                        (n, f)
-                        for n, f in todo
-                        if all(self.done(p) is not None for p in self.needs(n, order)) and self.claim(n)
-                    ),
-                    None,
-                )
+                job = next(((n, f) for n, f in todo if inputs_done(n) and self.claim(n)), None)
                 if job is None:
                     elsewhere = self.running_elsewhere()
                     if elsewhere != waiting_for:
