@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import shutil
@@ -26,6 +27,9 @@ __all__ = ["write_report", "format_plan", "reading", "turning_point_reading"]
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("results_template.md")
 DOC = "[docs/bidirectional.md](docs/bidirectional.md)"  # the project's page on the facts the reading cites
+REPO_LINK = re.compile(
+    r"\[([^\]]+)\]\((docs/[^)\s]+)\)"
+)  # a link the report writes relative to the repository
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
 
 
@@ -72,8 +76,19 @@ def write_report(run: Run, path: Path | None = None) -> Path:
         wall=_hms(wall),
         cpu=_cpu_note(done),
     )
-    atomic_write_text(path, text)
+    atomic_write_text(path, relink(text, path.parent))
     return path
+
+
+def relink(text: str, folder: Path) -> str:
+    """The report's links into ``docs/`` (written relative to the repository root) made to resolve from the
+    report's ``folder``: relative to it when it lies inside the repository, else (a run directory elsewhere)
+    plain text naming the file in the repository, as no relative link reaches it from there."""
+    folder = folder.resolve()
+    if not folder.is_relative_to(REPO):
+        return REPO_LINK.sub(lambda m: f"`{m.group(2)}` of the bellm repository", text)
+    up = Path(os.path.relpath(REPO, folder)).as_posix()
+    return text if up == "." else REPO_LINK.sub(lambda m: f"[{m.group(1)}]({up}/{m.group(2)})", text)
 
 
 def _cpu_note(done: list[dict]) -> str:

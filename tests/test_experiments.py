@@ -48,6 +48,7 @@ def test_results_md_is_the_same_as_before_the_split(case, tmp_path, monkeypatch)
         (tmp_path / "run" / "stages" / f"{name}.json").unlink()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(report, "_versions", lambda: {"python": "3.x", "torch": "x"})
+    monkeypatch.setattr(report, "REPO", tmp_path.resolve())  # the report at the root: links as written
     boot = {
         "n_boot": 1000,
         "lo": -0.21,
@@ -62,6 +63,23 @@ def test_results_md_is_the_same_as_before_the_split(case, tmp_path, monkeypatch)
     assert path.read_text(encoding="utf-8") == (EXPECTED / f"RESULTS.{case}.md").read_text(encoding="utf-8")
     if case != "early":
         assert (tmp_path / "results_assets" / "turning_point.png").is_file()
+
+
+def test_report_links_into_docs_resolve_from_the_report_folder(tmp_path):
+    """A report below the repository root climbs to ``docs/``; one outside it names the file as text (no
+    relative link reaches the repository from there); image links beside the report stay as they are."""
+    from experiments.report import REPO, relink
+
+    text = "([docs/bidirectional.md](docs/bidirectional.md), section 1) ![curve](results_assets/c.png)"
+    assert relink(text, REPO) == text
+    below = relink(text, REPO / "experiments" / "runs" / "depth-study")
+    assert "[docs/bidirectional.md](../../../docs/bidirectional.md)" in below
+    assert (REPO / "experiments" / "runs" / "depth-study" / "../../../docs/bidirectional.md").is_file()
+    outside = relink(text, tmp_path)
+    assert (
+        "(`docs/bidirectional.md` of the bellm repository, section 1)" in outside and "](docs/" not in outside
+    )
+    assert "![curve](results_assets/c.png)" in below and "![curve](results_assets/c.png)" in outside
 
 
 def _fixture_run(tmp_path, **overrides):

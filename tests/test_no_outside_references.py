@@ -84,6 +84,14 @@ def _exists(name: str, folder: Path) -> bool:
     return (folder / name).exists() or (REPO / name).exists()
 
 
+def _link_exists(target: str, folder: Path, label: str) -> bool:
+    """A Markdown file's link resolves from that file's folder, as a reader's viewer resolves it; a link in
+    code is text for a generated report, written relative to the repository root."""
+    if label.endswith(".md"):
+        return (folder / target).exists()
+    return _exists(target, folder)
+
+
 @pytest.mark.parametrize("label, folder, text", [pytest.param(*t, id=t[0]) for t in _texts()])
 def test_refers_only_to_the_repository(label, folder, text):
     outside = sorted({m.group(0) for m in OUTSIDE.finditer(text)})
@@ -95,7 +103,7 @@ def test_refers_only_to_the_repository(label, folder, text):
         | {
             target
             for target in MARKDOWN_LINK.findall(text)
-            if "://" not in target and "{" not in target and not _exists(target, folder)
+            if "://" not in target and "{" not in target and not _link_exists(target, folder, label)
         }
     )
     assert not missing, f"{label} names files that are not in the repository: {missing}"
@@ -107,6 +115,10 @@ def test_the_checks_can_fail():
     )
     assert MARKDOWN_FILE.findall("read docs/nowhere.md first") == ["docs/nowhere.md"]
     assert not _exists("docs/nowhere.md", REPO) and _exists("docs/bidirectional.md", REPO)
+    # a Markdown link below the root must climb to it; the same name in code is repository-relative
+    assert not _link_exists("docs/bidirectional.md", REPO / "experiments", "experiments/README.md")
+    assert _link_exists("../docs/bidirectional.md", REPO / "experiments", "experiments/README.md")
+    assert _link_exists("docs/bidirectional.md", REPO / "experiments", "experiments/report.py")
     assert MARKDOWN_LINK.findall("[a](../x/y.md#part) and [b](https://e.org/c.md)") == [
         "../x/y.md",
         "https://e.org/c.md",
