@@ -9,13 +9,12 @@ from pathlib import Path
 from bellm.common import format_score
 from bellm.sts_data import TASKS
 from experiments.depth_study import depth_arms, long_arms
+from experiments.report import DOC, SHORT
 from experiments.stages import Run
 from experiments.stats import bootstrap, paired_comparison, verdict
 
 __all__ = ["depth_sections", "comparisons", "delta_vs_k_figure"]
 
-SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
-DOC = "[docs/bidirectional.md](docs/bidirectional.md)"
 _POOLING = {"last": "last-token pooling", "mean": "mean pooling"}
 
 

@@ -27,9 +27,8 @@ __all__ = ["write_report", "format_plan", "reading", "turning_point_reading"]
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("results_template.md")
 DOC = "[docs/bidirectional.md](docs/bidirectional.md)"  # the project's page on the facts the reading cites
-REPO_LINK = re.compile(
-    r"\[([^\]]+)\]\((docs/[^)\s]+)\)"
-)  # a link the report writes relative to the repository
+# a link into docs/ as the report writes it, relative to the repository root (see relink)
+REPO_LINK = re.compile(r"\[([^\]]+)\]\((docs/[^)\s]+)\)")
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
 
 
