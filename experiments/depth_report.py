@@ -9,7 +9,7 @@ from pathlib import Path
 from bellm.common import format_score
 from bellm.sts_data import TASKS
 from experiments.depth_study import depth_arms, long_arms
-from experiments.report import DOC, SHORT
+from experiments.report import DOC, SHORT, identity_difference
 from experiments.stages import Run
 from experiments.stats import bootstrap, paired_comparison, verdict
 
@@ -325,18 +325,12 @@ def _depth_reading(run: Run, d: dict, comps: list[tuple[str, dict]]) -> list[str
             + (f" (the pooling differs: {_POOLING.get(a, a)} against {_POOLING.get(r, r)})" if a != r else "")
             + "."
         )
-    c, i = run.done("untrained-causal"), run.done("untrained-identity-last")
-    L = d["num_layers"]
-    if c and i:
-        diffs = [
-            abs(c["scores"][t] - i["scores"][t])
-            for t in TASKS
-            if c["scores"][t] is not None and i["scores"][t] is not None
-        ]
+    identity, L = identity_difference(run), d["num_layers"]
+    if identity is not None:
         lines.append(
             f"- The released setting (only layer {L - 1} bidirectional, last-token pooling) is the causal model: "
-            f"measured, it differs by at most {max(diffs):.4f} points on any set ({DOC}, section 1). Only the "
-            "depths above and the mean-pooling pair say what bidirectionality does where it can act."
+            f"measured, it {identity} ({DOC}, section 1). Only the depths above and the mean-pooling pair say "
+            "what bidirectionality does where it can act."
         )
     return lines + released
 

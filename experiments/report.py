@@ -426,22 +426,35 @@ def _bootstrap_reading(boot: dict) -> str:
     )
 
 
+def identity_difference(run: Run) -> str | None:
+    """How far the untrained ``from_layer=-1`` last-token row is from untrained causal, in words (``"gives
+    exactly the causal scores on every set"`` or ``"differs from causal by at most 3e-05 points on any set"``),
+    or None before both rows are done or when no set's score is defined for both."""
+    c, i = run.done("untrained-causal"), run.done("untrained-identity-last")
+    if not (c and i):
+        return None
+    diffs = [
+        abs(c["scores"][t] - i["scores"][t])
+        for t in TASKS
+        if c["scores"][t] is not None and i["scores"][t] is not None
+    ]
+    if not diffs:
+        return None
+    if max(diffs) == 0.0:
+        return "gives exactly the causal scores on every set"
+    return f"differs from causal by at most {max(diffs):.2g} points on any set"
+
+
 def _other_readings(run: Run, d: dict) -> list[str]:
     """One bullet per comparison besides the headline: the identity, untrained rows, the other trained arms."""
     out = []
-    c, i = run.done("untrained-causal"), run.done("untrained-identity-last")
-    if c and i:
-        diffs = [
-            abs(c["scores"][t] - i["scores"][t])
-            for t in TASKS
-            if c["scores"][t] is not None and i["scores"][t] is not None
-        ]
-        if diffs:
-            out.append(
-                f"- Identity ({DOC}, section 1): `from_layer=-1` with last-token pooling differs from causal by "
-                f"at most {max(diffs):.4f} points on any set, so it is the causal model and is not trained as an "
-                "arm."
-            )
+    identity = identity_difference(run)
+    if identity is not None:
+        out.append(
+            f"- Identity ({DOC}, section 1): `from_layer=-1` with last-token pooling {identity}, so it is the "
+            "causal model and is not trained as an arm."
+        )
+    c = run.done("untrained-causal")
     ub, ua = run.done("untrained-all-bidirectional"), run.done(f"untrained-bellm-k{d['k_bellm']}")
     if c and ub and ub["average"] is not None and c["average"] is not None:
         out.append(

@@ -433,3 +433,27 @@ def test_stop_after_names_the_next_stage_this_worker_would_run(tmp_path, capsys)
         "stopping before train-b-seed1: --stop-after reached (train-a-seed1 running in another process); "
         "rerun the same command to resume"
     )
+
+
+def test_identity_difference_in_words():
+    """Exactly equal scores read "exactly", a float-noise difference is shown as it is (never "at most 0.0000"),
+    and nothing is said before both rows ran."""
+    from experiments.report import identity_difference
+
+    class _Done:
+        def __init__(self, stages: dict):
+            self.stages = stages
+
+        def done(self, name: str):
+            return self.stages.get(name)
+
+    from bellm.sts_data import TASKS
+
+    causal = {"scores": {t: 50.0 + i for i, t in enumerate(TASKS)}}
+    causal["scores"][TASKS[1]] = None  # undefined on one set: that set is left out
+    same = {"untrained-causal": causal, "untrained-identity-last": causal}
+    assert identity_difference(_Done(same)) == "gives exactly the causal scores on every set"
+    noisy = {"scores": {**causal["scores"], TASKS[0]: 50.0 + 3e-5, TASKS[1]: 12.0}}
+    text = identity_difference(_Done({"untrained-causal": causal, "untrained-identity-last": noisy}))
+    assert text == "differs from causal by at most 3e-05 points on any set"
+    assert identity_difference(_Done({"untrained-causal": causal})) is None
