@@ -433,16 +433,19 @@ def identity_difference(run: Run) -> str | None:
     c, i = run.done("untrained-causal"), run.done("untrained-identity-last")
     if not (c and i):
         return None
-    diffs = [
-        abs(c["scores"][t] - i["scores"][t])
-        for t in TASKS
-        if c["scores"][t] is not None and i["scores"][t] is not None
-    ]
-    if not diffs:
+    worst = max(
+        (
+            abs(c["scores"][t] - i["scores"][t])
+            for t in TASKS
+            if c["scores"][t] is not None and i["scores"][t] is not None
+        ),
+        default=None,
+    )
+    if worst is None:
         return None
-    if max(diffs) == 0.0:
+    if worst == 0.0:
         return "gives exactly the causal scores on every set"
-    return f"differs from causal by at most {max(diffs):.2g} points on any set"
+    return f"differs from causal by at most {worst:.2g} points on any set"
 
 
 def _other_readings(run: Run, d: dict) -> list[str]:

@@ -438,6 +438,7 @@ def test_stop_after_names_the_next_stage_this_worker_would_run(tmp_path, capsys)
 def test_identity_difference_in_words():
     """Exactly equal scores read "exactly", a float-noise difference is shown as it is (never "at most 0.0000"),
     and nothing is said before both rows ran."""
+    from bellm.sts_data import TASKS
     from experiments.report import identity_difference
 
     class _Done:
@@ -446,8 +447,6 @@ def test_identity_difference_in_words():
 
         def done(self, name: str):
             return self.stages.get(name)
-
-    from bellm.sts_data import TASKS
 
     causal = {"scores": {t: 50.0 + i for i, t in enumerate(TASKS)}}
     causal["scores"][TASKS[1]] = None  # undefined on one set: that set is left out
