@@ -58,13 +58,21 @@ class STSPairs:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def sample_indices(self, n: int | None, seed: int = 0) -> np.ndarray:
+        """The sorted indices of the pairs :meth:`sample` keeps (every index for ``None`` or ``n >= len``).
+
+        Raises ``ValueError`` for ``n <= 0``."""
+        if n is None or n >= len(self):
+            return np.arange(len(self))
+        if n <= 0:
+            raise ValueError(f"sample size must be positive, got {n}")
+        return np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+
     def sample(self, n: int | None, seed: int = 0) -> STSPairs:
         """A random subset of ``n`` pairs (seeded, order kept); ``None`` or ``n >= len`` returns ``self``."""
         if n is None or n >= len(self):
             return self
-        if n <= 0:
-            raise ValueError(f"sample size must be positive, got {n}")
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        idx = self.sample_indices(n, seed)
         return STSPairs(
             self.task,
             self.split,

@@ -13,6 +13,7 @@ __all__ = [
     "headline_numbers",
     "row_spearman",
     "stage_cosines",
+    "subset_average",
     "bootstrap",
     "pair_bootstrap",
     "paired_comparison",
@@ -78,6 +79,27 @@ def stage_cosines(run: Run, name: str) -> dict[str, np.ndarray] | None:
         s2 = [normalize_whitespace(x) for x in pairs.sentences2]
         out[task] = cosine_rows(np.stack([cache[x] for x in s1]), np.stack([cache[x] for x in s2]))
     return out
+
+
+def subset_average(run: Run, name: str, stage_pairs: int | None, subset_pairs: int | None) -> float | None:
+    """The 7-set average Spearman x 100 of evaluation stage ``name`` recomputed on a subset of its pairs.
+
+    The stage scored ``load_sts(...).sample(stage_pairs, 0)`` of every task; the subset is
+    ``.sample(subset_pairs, 0)`` (e.g. the full-protocol stage, ``stage_pairs=None``, rescored on the sampled
+    pairs of the grid, so both scores come from the same embeddings). None when the stage's cosines are
+    missing or the subset's pairs are not all among the stage's."""
+    cosines = stage_cosines(run, name)
+    if cosines is None:
+        return None
+    scores = []
+    for task in TASKS:
+        pairs = load_sts(task, "test", data_dir=run.data_dir)
+        scored, subset = pairs.sample_indices(stage_pairs, 0), pairs.sample_indices(subset_pairs, 0)
+        at = np.searchsorted(scored, subset)  # both sorted: the subset's positions among the scored pairs
+        if np.any(at >= len(scored)) or np.any(scored[np.minimum(at, len(scored) - 1)] != subset):
+            return None
+        scores.append(float(row_spearman(cosines[task][at][None], pairs.scores[subset][None])[0]) * 100.0)
+    return float(np.mean(scores))
 
 
 def bootstrap(

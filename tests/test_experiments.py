@@ -229,10 +229,10 @@ def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
     from experiments.depth_study import depth_arms
 
     seeds = [42, 43, 44]
-    run = _fixture_run(tmp_path, depth_study=True, seeds=seeds, eval_max_pairs=40, full_max_pairs=80)
+    run = _fixture_run(tmp_path, depth_study=True, seeds=seeds, eval_max_pairs=40, full_max_pairs=None)
     try:
         gold = {t: np.asarray(load_sts(t, "test").sample(40, 0).scores) for t in TASKS}
-        full_gold = {t: np.asarray(load_sts(t, "test").sample(80, 0).scores) for t in TASKS}
+        full_gold = {t: np.asarray(load_sts(t, "test").scores) for t in TASKS}  # every pair
     except FileNotFoundError:
         pytest.skip("the STS data not found")
     d = run.done("turning_point")["design"]
@@ -271,17 +271,31 @@ def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
         for name, kind in (("long4x-causal", "same"), ("long4x-bidir-k23", "better")):
             cos = {t: noisy(gold[t], seed + 7) if kind == "same" else gold[t] for t in TASKS}
             _write_eval(run, f"eval-{name}-seed{seed}", cos, gold)
-    for name, kind in (("causal", "same"), ("bidir-k23", "better")):
-        cos = {t: noisy(full_gold[t], 42) if kind == "same" else full_gold[t] for t in TASKS}
-        _write_eval(run, f"fullpairs-{name}-seed42", cos, full_gold)
+    # causal's every-pair cosines hold its sampled ones (the same adapter)
+    full_cos = {t: noisy(full_gold[t], 42) for t in TASKS}
+    for t in TASKS:
+        full_cos[t][load_sts(t, "test").sample_indices(40, 0)] = noisy(gold[t], 42)
+    _write_eval(run, "fullpairs-causal-seed42", full_cos, full_gold)
+    _write_eval(run, "fullpairs-bidir-k23-seed42", full_gold, full_gold)
     report.write_report(run, tmp_path / "R.md")
     text = (tmp_path / "R.md").read_text()
     assert "| 1x | 1 | 42, 43, 44 |" in text and "| 4x | 4 | 42, 43, 44 |" in text  # the smoke's 1 step
     full_row = (
-        "| bidirectional from k=23 (second depth), seed 42 | 100.00 | [100.00, 100.00] | 100.00 | 560 | yes |"
+        "| bidirectional from k=23 (second depth), seed 42 | 100.00 | [100.00, 100.00] | 100.00 | 100.00 | "
+        "18850 | yes |"
     )
     assert full_row in text  # the same ranking on the sampled pairs and on every pair
+    causal_row = next(
+        line for line in text.splitlines() if line.startswith("| causal, seed 42 |") and "18850" in line
+    )
+    assert causal_row.split(" | ")[1] == causal_row.split(" | ")[3]  # rescored = sampled
     assert "sampled and the every-pair scores" in text
+    assert "the sampled pairs give the same as the sampled stage's 7-set average" in text
+    # a different adapter for causal's every-pair stage: its sampled pairs no longer score the same
+    _write_eval(run, "fullpairs-causal-seed42", {t: noisy(full_gold[t], 7) for t in TASKS}, full_gold)
+    report.write_report(run, tmp_path / "R.md")
+    text = (tmp_path / "R.md").read_text()
+    assert "the sampled pairs give within " in text and "the same as the sampled stage's" not in text
 
 
 class _OtherProcess:

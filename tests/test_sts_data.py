@@ -72,6 +72,9 @@ def test_sample_is_seeded_subset(data_dir):
     assert dev.sample(None) is dev and dev.sample(10_000) is dev
     with pytest.raises(ValueError, match="positive"):
         dev.sample(0)
+    idx = dev.sample_indices(50, seed=1)  # the pairs sample() keeps, as indices into the full set
+    assert list(idx) == sorted(idx) and [dev.sentences1[i] for i in idx] == a.sentences1
+    assert list(dev.sample_indices(None)) == list(range(len(dev)))
 
 
 def test_bad_input(data_dir, tmp_path):
