@@ -226,7 +226,7 @@ def _full_check(run: Run, d: dict) -> tuple[list[str], list[str]]:
     if best is None:
         return lines + ["Not run yet: it scores the first seed of causal and of the best depth.", ""], []
     pairs, full_pairs = run.settings.eval_max_pairs, run.settings.full_max_pairs
-    rows, agree, drift = [], [], []
+    rows, agree, drift, averages = [], [], [], []
     for arm in ({"name": "causal", "label": "causal"}, best["arm"]):
         full_name, sampled_name = f"fullpairs-{arm['name']}-seed{seed}", f"eval-{arm['name']}-seed{seed}"
         full, sampled = run.done(full_name), run.done(sampled_name)
@@ -236,6 +236,7 @@ def _full_check(run: Run, d: dict) -> tuple[list[str], list[str]]:
         # a tolerance for the float noise of a percentile of equal values
         inside = boot is not None and boot["lo"] - 1e-6 <= full["average"] <= boot["hi"] + 1e-6
         agree.append(inside)
+        averages.append((sampled["average"], full["average"]))
         # the sampled pairs scored again from the every-pair stage's embeddings: equal to the sampled score
         # when both stages encoded with the same adapter (the every-pair stage retrains it on a new machine)
         rescored = subset_average(run, full_name, full_pairs, pairs)
@@ -265,6 +266,12 @@ def _full_check(run: Run, d: dict) -> tuple[list[str], list[str]]:
         f"- Test-pair sampling: the sampled and the every-pair scores {word} within the sampled bootstrap "
         f"interval ({sum(agree)} of {len(agree)} arm(s) inside)."
     ]
+    if len(averages) == 2 and None not in (*averages[0], *averages[1]):
+        (causal_sampled, causal_full), (best_sampled, best_full) = averages
+        reading.append(
+            f"- Seed {seed}, {best['arm']['label']} − causal: {best_sampled - causal_sampled:+.2f} on the sampled "
+            f"pairs, {best_full - causal_full:+.2f} on every pair."
+        )
     if drift:
         worst = max(drift)
         said = "- Scored from the every-pair stage's embeddings, the sampled pairs give a 7-set average "

@@ -290,6 +290,10 @@ def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
     )
     assert causal_row.split(" | ")[1] == causal_row.split(" | ")[3]  # rescored = sampled
     assert "sampled and the every-pair scores" in text
+    assert (
+        "- Seed 42, bidirectional from k=23 (second depth) − causal: +24.18 on the sampled pairs, +31.11 on every"
+        in text
+    )
     assert "the sampled pairs give a 7-set average equal to the sampled stage's" in text
     # a different adapter for causal's every-pair stage: its sampled pairs no longer score the same
     _write_eval(run, "fullpairs-causal-seed42", {t: noisy(full_gold[t], 7) for t in TASKS}, full_gold)
