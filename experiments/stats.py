@@ -96,8 +96,12 @@ def subset_average(run: Run, name: str, stage_pairs: int | None, subset_pairs: i
         pairs = load_sts(task, "test", data_dir=run.data_dir)
         scored, subset = pairs.sample_indices(stage_pairs, 0), pairs.sample_indices(subset_pairs, 0)
         at = np.searchsorted(scored, subset)  # both sorted: the subset's positions among the scored pairs
-        if np.any(at >= len(scored)) or np.any(scored[np.minimum(at, len(scored) - 1)] != subset):
-            return None
+        if (
+            len(cosines[task]) != len(scored)
+            or np.any(at >= len(scored))
+            or np.any(scored[at % len(scored)] != subset)
+        ):
+            return None  # cosines of other pairs (an older stage read from its cache), or not a subset
         scores.append(float(row_spearman(cosines[task][at][None], pairs.scores[subset][None])[0]) * 100.0)
     return float(np.mean(scores))
 

@@ -295,6 +295,13 @@ def test_depth_study_report_from_synthetic_stages(tmp_path, monkeypatch):
         in text
     )
     assert "the sampled pairs give a 7-set average equal to the sampled stage's" in text
+    from experiments.stats import subset_average
+
+    assert subset_average(run, "fullpairs-causal-seed42", None, 40) == pytest.approx(
+        run.done("eval-causal-seed42")["average"]
+    )
+    assert subset_average(run, "eval-causal-seed42", 40, 80) is None  # 80 sampled pairs are not among the 40
+    assert subset_average(run, "fullpairs-causal-seed42", 40, 40) is None  # its cosines are of other pairs
     # a different adapter for causal's every-pair stage: its sampled pairs no longer score the same
     _write_eval(run, "fullpairs-causal-seed42", {t: noisy(full_gold[t], 7) for t in TASKS}, full_gold)
     report.write_report(run, tmp_path / "R.md")
