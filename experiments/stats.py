@@ -95,13 +95,9 @@ def subset_average(run: Run, name: str, stage_pairs: int | None, subset_pairs: i
     for task in TASKS:
         pairs = load_sts(task, "test", data_dir=run.data_dir)
         scored, subset = pairs.sample_indices(stage_pairs, 0), pairs.sample_indices(subset_pairs, 0)
-        at = np.searchsorted(scored, subset)  # both sorted: the subset's positions among the scored pairs
-        if (
-            len(cosines[task]) != len(scored)
-            or np.any(at >= len(scored))
-            or np.any(scored[at % len(scored)] != subset)
-        ):
+        if len(cosines[task]) != len(scored) or not np.isin(subset, scored).all():
             return None  # cosines of other pairs (an older stage read from its cache), or not a subset
+        at = np.searchsorted(scored, subset)  # both sorted: the subset's positions among the scored pairs
         scores.append(float(row_spearman(cosines[task][at][None], pairs.scores[subset][None])[0]) * 100.0)
     return float(np.mean(scores))
 
